@@ -1,0 +1,77 @@
+"""Stripe secrets: Secrets Manager (cached by Powertools Parameters) or local environment."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meterbridge.errors import SettingsError, TransientError
+from meterbridge.settings import StripeCredentialSettings
+
+
+@dataclass(frozen=True)
+class StripeSecrets:
+    """The secret JSON: {"api_key": …, "webhook_secrets": [...], "usage_source_token": …}."""
+
+    api_key: str | None = field(default=None, repr=False)
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    usage_source_token: str | None = field(default=None, repr=False)
+
+
+class SecretSource(Protocol):
+    def stripe_secrets(self) -> StripeSecrets: ...
+
+
+class EnvironmentSecrets:
+    """Local runs: STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET (comma-separated for rotation)."""
+
+    def __init__(self, settings: StripeCredentialSettings, usage_source_token: str | None = None):
+        self._secrets = StripeSecrets(
+            api_key=settings.stripe_api_key,
+            webhook_secrets=tuple(sorted(settings.stripe_webhook_secret)),
+            usage_source_token=usage_source_token,
+        )
+
+    def stripe_secrets(self) -> StripeSecrets:
+        return self._secrets
+
+
+class SecretsManagerSecrets:
+    """AWS: one JSON secret, fetched through Powertools Parameters and cached for `max_age`."""
+
+    def __init__(self, secret_arn: str, max_age_seconds: int = 300):
+        self._arn = secret_arn
+        self._max_age = max_age_seconds
+
+    def stripe_secrets(self) -> StripeSecrets:
+        from aws_lambda_powertools.utilities import parameters  # only deployed functions pay this
+
+        try:
+            raw: Any = parameters.get_secret(self._arn, max_age=self._max_age)
+        except parameters.exceptions.GetParameterError as exc:
+            raise TransientError(f"cannot read secret {self._arn}: {exc}") from exc
+        return parse_secret_json(raw if isinstance(raw, str) else raw.decode())
+
+
+def parse_secret_json(text: str) -> StripeSecrets:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        raise SettingsError("the Stripe secret is not JSON") from None
+    if not isinstance(document, dict):
+        raise SettingsError("the Stripe secret must be a JSON object")
+    secrets = document.get("webhook_secrets", [])
+    if isinstance(secrets, str):
+        secrets = [secrets]
+    if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+        raise SettingsError("webhook_secrets in the Stripe secret must be a list of strings")
+    return StripeSecrets(
+        api_key=document.get("api_key"),
+        webhook_secrets=tuple(secrets),
+        usage_source_token=document.get("usage_source_token"),
+    )
+
+
+def secret_source(settings: StripeCredentialSettings) -> SecretSource:
+    if settings.stripe_secret_arn:
+        return SecretsManagerSecrets(settings.stripe_secret_arn, settings.secret_max_age_seconds)
+    return EnvironmentSecrets(settings)

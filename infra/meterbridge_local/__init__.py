@@ -1,0 +1,1 @@
+"""What runs around the Lambda code: the local stack, the Stripe billing emulator, the CLI."""
