@@ -1,3 +1,3 @@
-"""meterbridge: every customer's usage on every Stripe invoice, exactly once, before it finalizes."""
+"""meterbridge: usage on every Stripe invoice, exactly once, before it finalizes."""
 
 __version__ = "0.1.0"

@@ -17,5 +17,5 @@ class PermanentError(MeterbridgeError):
     """Retrying cannot help until someone fixes the cause; the message says what is wrong."""
 
 
-class AlreadyDelivered(MeterbridgeError):  # noqa: N818 - an outcome, not a failure
+class AlreadyDelivered(MeterbridgeError):
     """Stripe already holds an event with this identifier: the report was delivered before."""

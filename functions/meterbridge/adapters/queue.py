@@ -1,0 +1,52 @@
+"""SqsQueue: the only code that sends to the event queue."""
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from meterbridge.errors import TransientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+
+class EventQueue(Protocol):
+    def send(self, body: str, attributes: dict[str, str]) -> str: ...
+
+
+def message_size(body: str, attributes: dict[str, str]) -> int:
+    """Bytes SQS counts against MaximumMessageSize: body plus each attribute's name, type, value."""
+    size = len(body.encode())
+    for name, value in attributes.items():
+        size += len(name.encode()) + len(b"String") + len(value.encode())
+    return size
+
+
+class SqsQueue:
+    """Sends with short timeouts and few retries: the webhook must answer Stripe quickly,
+    and a 503 makes Stripe redeliver, so nothing is lost by giving up early."""
+
+    def __init__(self, queue_url: str, client: "SQSClient | None" = None):
+        self._queue_url = queue_url
+        self._client: Any = client or boto3.client(
+            "sqs",
+            config=Config(
+                connect_timeout=2, read_timeout=3, retries={"max_attempts": 2, "mode": "standard"}
+            ),
+        )
+
+    def send(self, body: str, attributes: dict[str, str]) -> str:
+        try:
+            response = self._client.send_message(
+                QueueUrl=self._queue_url,
+                MessageBody=body,
+                MessageAttributes={
+                    name: {"DataType": "String", "StringValue": value}
+                    for name, value in attributes.items()
+                },
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise TransientError(f"queue unavailable: {exc}") from exc
+        return str(response["MessageId"])

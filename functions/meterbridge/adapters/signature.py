@@ -1,0 +1,43 @@
+"""Stripe-Signature verification with the stripe SDK, over any of the configured secrets."""
+
+from typing import Protocol
+
+from stripe import SignatureVerificationError, WebhookSignature
+
+from meterbridge.adapters.secrets import SecretSource
+
+
+class InvalidSignature(Exception):
+    """Missing, malformed, tampered, stale or signed with a secret we do not hold."""
+
+
+class SignatureVerifier(Protocol):
+    def verify(self, payload: bytes, header: str | None) -> None: ...
+
+
+class StripeSignatureVerifier:
+    """Accepts a body if any held secret matches any v1 signature (secret rotation: Stripe
+    signs with both the old and the new secret for up to 24 h)."""
+
+    def __init__(self, secrets: SecretSource, tolerance_seconds: int = 300):
+        self._secrets = secrets
+        self._tolerance = tolerance_seconds
+
+    def verify(self, payload: bytes, header: str | None) -> None:
+        if not header:
+            raise InvalidSignature("no Stripe-Signature header")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidSignature("body is not UTF-8") from None
+        webhook_secrets = self._secrets.stripe_secrets().webhook_secrets
+        if not webhook_secrets:
+            raise InvalidSignature("no webhook secret configured")
+        last_error = "no secret matched"
+        for secret in webhook_secrets:
+            try:
+                WebhookSignature.verify_header(text, header, secret, self._tolerance)
+                return
+            except SignatureVerificationError as exc:
+                last_error = str(exc)
+        raise InvalidSignature(last_error)

@@ -1,0 +1,103 @@
+"""Webhook intake: verify, then parse the envelope, then filter, then enqueue.
+
+Order matters: nothing is parsed before the signature holds, and nothing reaches the
+queue that is unsigned, stale, malformed or of a type nobody handles.
+"""
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from meterbridge.adapters.queue import EventQueue, message_size
+from meterbridge.adapters.signature import InvalidSignature, SignatureVerifier
+from meterbridge.errors import TransientError
+from meterbridge.messages import EventEnvelope, envelope_body, message_attributes
+
+
+class Outcome(StrEnum):
+    """What happened to one delivery; the handler turns each into a metric of the same name."""
+
+    QUEUED = "EventsQueued"
+    QUEUED_AS_ENVELOPE = "EventsQueuedAsEnvelope"
+    IGNORED = "EventsIgnored"
+    BODY_TOO_LARGE = "BodiesTooLarge"
+    SIGNATURE_INVALID = "SignatureFailures"
+    MALFORMED = "MalformedEvents"
+    QUEUE_UNAVAILABLE = "QueueFailures"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    outcome: Outcome
+    body: dict[str, Any]
+    envelope: EventEnvelope | None = field(default=None)
+
+
+class Intake:
+    def __init__(
+        self,
+        verifier: SignatureVerifier,
+        queue: EventQueue,
+        accepted_event_types: frozenset[str],
+        max_body_bytes: int,
+        queue_max_message_bytes: int,
+    ):
+        self._verifier = verifier
+        self._queue = queue
+        self._accepted = accepted_event_types
+        self._max_body_bytes = max_body_bytes
+        self._queue_max_message_bytes = queue_max_message_bytes
+
+    def receive(self, body: bytes, signature_header: str | None) -> Reply:
+        if len(body) > self._max_body_bytes:
+            return Reply(
+                413,
+                Outcome.BODY_TOO_LARGE,
+                {"error": f"body larger than {self._max_body_bytes} bytes"},
+            )
+        try:
+            self._verifier.verify(body, signature_header)
+        except InvalidSignature as exc:
+            return Reply(400, Outcome.SIGNATURE_INVALID, {"error": f"invalid signature: {exc}"})
+
+        envelope = _parse_envelope(body)
+        if envelope is None:
+            return Reply(400, Outcome.MALFORMED, {"error": "body is not a Stripe event"})
+        if envelope.type not in self._accepted:
+            return Reply(
+                200, Outcome.IGNORED, {"status": "ignored", "type": envelope.type}, envelope
+            )
+
+        text = body.decode("utf-8")  # verification already proved it is UTF-8
+        attributes = message_attributes(envelope, "event")
+        outcome = Outcome.QUEUED
+        if message_size(text, attributes) > self._queue_max_message_bytes:
+            # Too big for the queue: send what identifies it; the worker fetches the event.
+            text = envelope_body(envelope)
+            attributes = message_attributes(envelope, "envelope")
+            outcome = Outcome.QUEUED_AS_ENVELOPE
+        try:
+            self._queue.send(text, attributes)
+        except TransientError:
+            # 503 makes Stripe redeliver later, so the event is not lost.
+            return Reply(
+                503, Outcome.QUEUE_UNAVAILABLE, {"error": "queue unavailable, retry"}, envelope
+            )
+        return Reply(200, outcome, {"status": "queued", "id": envelope.id}, envelope)
+
+
+def _parse_envelope(body: bytes) -> EventEnvelope | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    try:
+        return EventEnvelope.from_event(document)
+    except ValidationError:
+        return None
