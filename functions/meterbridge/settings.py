@@ -6,9 +6,17 @@ first invocation instead of mid-billing-run.
 """
 
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from meterbridge.errors import SettingsError
 
@@ -74,5 +82,52 @@ class WebhookSettings(StripeCredentialSettings):
         if not self.stripe_secret_arn and not self.stripe_webhook_secret:
             raise ValueError(
                 "set STRIPE_SECRET_ARN (Secrets Manager) or STRIPE_WEBHOOK_SECRET (local runs)"
+            )
+        return self
+
+
+class WorkerSettings(StripeCredentialSettings):
+    """The worker function: invoice.created → usage → meter events, recorded in the ledger."""
+
+    ledger_table: str = Field(alias="LEDGER_TABLE", min_length=1)
+    queue_url: str | None = Field(None, alias="QUEUE_URL")  # for visibility back-off
+    usage_source: str = Field(alias="USAGE_SOURCE", min_length=1)
+    usage_source_token: str | None = Field(None, alias="USAGE_SOURCE_TOKEN", repr=False)
+    usage_source_timeout_seconds: float = Field(5.0, alias="USAGE_SOURCE_TIMEOUT_SECONDS", gt=0)
+    tenant_metadata_key: str | None = Field(None, alias="TENANT_METADATA_KEY")
+    billing_reasons: CommaSeparated = Field(
+        frozenset({"subscription_cycle"}), alias="BILLING_REASONS", min_length=1
+    )
+    meter_event_names: CommaSeparated = Field(frozenset(), alias="METER_EVENT_NAMES")
+    report_zero_usage: bool = Field(True, alias="REPORT_ZERO_USAGE")
+    grace_period_seconds: int = Field(3600, alias="GRACE_PERIOD_SECONDS", ge=0, le=259_200)
+    meter_event_api: Literal["v1", "v2"] = Field("v1", alias="METER_EVENT_API")
+    stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
+    stripe_timeout_seconds: float = Field(10.0, alias="STRIPE_TIMEOUT_SECONDS", gt=0)
+    stripe_max_network_retries: int = Field(2, alias="STRIPE_MAX_NETWORK_RETRIES", ge=0, le=10)
+    stripe_rate_limit_retries: int = Field(3, alias="STRIPE_RATE_LIMIT_RETRIES", ge=0, le=10)
+    batch_concurrency: int = Field(16, alias="BATCH_CONCURRENCY", ge=1, le=64)
+    # Stripe retries webhooks for up to 3 days; remember event ids at least that long.
+    event_memory_seconds: int = Field(4 * 86_400, alias="EVENT_MEMORY_SECONDS", ge=3 * 86_400)
+    report_lease_seconds: int = Field(120, alias="REPORT_LEASE_SECONDS", gt=0)
+    retry_backoff_base_seconds: int = Field(30, alias="RETRY_BACKOFF_BASE_SECONDS", ge=0)
+    retry_backoff_max_seconds: int = Field(900, alias="RETRY_BACKOFF_MAX_SECONDS", ge=0, le=43_200)
+
+    @field_validator("tenant_metadata_key", "stripe_api_base", "queue_url", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: Any) -> Any:
+        """SAM passes unset parameters as empty strings."""
+        return None if value == "" else value
+
+    @field_validator("meter_event_api", mode="before")
+    @classmethod
+    def _api_in_lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _needs_an_api_key_source(self) -> "WorkerSettings":
+        if not self.stripe_secret_arn and not self.stripe_api_key:
+            raise ValueError(
+                "set STRIPE_SECRET_ARN (Secrets Manager) or STRIPE_API_KEY (local runs)"
             )
         return self
