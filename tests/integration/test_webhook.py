@@ -43,7 +43,7 @@ def make_intake(queue_url: str) -> Callable[..., Intake]:
 
 def queued(queue_url: str) -> list[dict[str, Any]]:
     sqs = boto3.client("sqs")
-    messages: list[dict[str, Any]] = []
+    messages: list[Any] = []
     while True:
         batch = sqs.receive_message(
             QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]

@@ -16,10 +16,11 @@ def capture_logs() -> Iterator[list[dict[str, Any]]]:
     stream = io.StringIO()
     capture = logging.StreamHandler(stream)
     capture.setFormatter(logger.registered_handler.formatter)
-    logger.addHandler(capture)
+    target = logging.getLogger(logger.name)  # the stdlib logger Powertools writes through
+    target.addHandler(capture)
     records: list[dict[str, Any]] = []
     try:
         yield records
     finally:
-        logger.removeHandler(capture)
+        target.removeHandler(capture)
         records.extend(json.loads(line) for line in stream.getvalue().splitlines() if line)
