@@ -1,0 +1,183 @@
+"""StripeGateway: the only code that talks to Stripe; hides the SDK behind plain dicts.
+
+Timeouts, retries and error classes are decided here so the worker never sees an SDK type:
+- the SDK's default 80 s HTTP timeout is far beyond a Lambda's budget, so it is explicit;
+- the SDK retries connection errors, 409 and 5xx (`max_network_retries`) but never 429,
+  so 429 gets its own jittered exponential back-off before becoming a TransientError;
+- a 400 saying an event with this identifier already exists means Stripe holds the report
+  (STRIPE.md, "Meter events"): AlreadyDelivered, never a failure.
+"""
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import stripe
+
+from meterbridge.errors import AlreadyDelivered, PermanentError, TransientError
+
+T = TypeVar("T")
+
+LINES_PAGE_SIZE = 100
+
+
+class UnknownStripeObject(PermanentError):
+    """Stripe answered 404: the object (customer, price, meter, event) does not exist."""
+
+
+@dataclass(frozen=True)
+class MeterEventReceipt:
+    """What Stripe answered to a meter event: its request id, for the ledger and support."""
+
+    request_id: str | None
+    duplicate: bool = False
+
+
+def _is_duplicate_identifier(error: stripe.InvalidRequestError) -> bool:
+    message = (error.user_message or str(error) or "").lower()
+    return "already exists" in message and "identifier" in message
+
+
+class StripeGateway:
+    """Stripe calls meterbridge makes, with caches for objects that do not change (meters)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        timeout_seconds: float = 10.0,
+        max_network_retries: int = 2,
+        rate_limit_retries: int = 3,
+        rate_limit_backoff_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        base_addresses: Any = {"api": api_base, "meter_events": api_base} if api_base else None
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses=base_addresses,
+            max_network_retries=max_network_retries,
+            http_client=stripe.RequestsClient(timeout=timeout_seconds),
+        )
+        self._rate_limit_retries = rate_limit_retries
+        self._rate_limit_backoff = rate_limit_backoff_seconds
+        self._sleep = sleep
+        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._cache_lock = threading.Lock()
+
+    # --- reads -------------------------------------------------------------------------
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        return self._call(lambda: self._client.v1.events.retrieve(event_id)).to_dict()
+
+    def invoice_lines(
+        self, invoice_id: str, starting_after: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """Every line after `starting_after`, following `has_more` page by page."""
+        cursor = starting_after
+        while True:
+            params: dict[str, Any] = {"limit": LINES_PAGE_SIZE}
+            if cursor:
+                params["starting_after"] = cursor
+            page = self._call(
+                lambda p=params: self._client.v1.invoices.line_items.list(invoice_id, p)  # type: ignore[misc]
+            )
+            lines = [line.to_dict() for line in page.data]
+            yield from lines
+            if not page.has_more or not lines:
+                return
+            cursor = str(lines[-1]["id"])
+
+    def customer(self, customer_id: str) -> dict[str, Any]:
+        return self._call(lambda: self._client.v1.customers.retrieve(customer_id)).to_dict()
+
+    def price(self, price_id: str) -> dict[str, Any]:
+        """Prices' `recurring.meter` never changes, so one fetch per process is enough."""
+        return self._cached(
+            "price", price_id, lambda: self._client.v1.prices.retrieve(price_id).to_dict()
+        )
+
+    def meter(self, meter_id: str) -> dict[str, Any]:
+        """A meter's event name and payload keys are fixed at creation: cached per process."""
+        return self._cached(
+            "meter", meter_id, lambda: self._client.v1.billing.meters.retrieve(meter_id).to_dict()
+        )
+
+    # --- writes ------------------------------------------------------------------------
+
+    def create_meter_event(
+        self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
+    ) -> MeterEventReceipt:
+        """Send one v1 meter event; the identifier doubles as the idempotency key so the
+        SDK's own retries and a later process's retry are the same request to Stripe."""
+        try:
+            created = self._call(
+                lambda: self._client.v1.billing.meter_events.create(
+                    {
+                        "event_name": event_name,
+                        "payload": payload,
+                        "identifier": identifier,
+                        "timestamp": timestamp,
+                    },
+                    {"idempotency_key": identifier},
+                )
+            )
+        except StripeDuplicate as duplicate:
+            return MeterEventReceipt(request_id=duplicate.request_id, duplicate=True)
+        response = created.last_response
+        return MeterEventReceipt(request_id=response.request_id if response else None)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _cached(self, kind: str, key: str, fetch: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        with self._cache_lock:
+            hit = self._cache.get((kind, key))
+        if hit is not None:
+            return hit
+        value = self._call(fetch)
+        with self._cache_lock:
+            self._cache[(kind, key)] = value
+        return value
+
+    def _call(self, request: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return request()
+            except stripe.RateLimitError as error:
+                if attempt >= self._rate_limit_retries:
+                    raise TransientError(
+                        f"Stripe rate limit (429) after {attempt + 1} attempts"
+                    ) from error
+                # Full jitter keeps many concurrent workers from retrying in lock step.
+                self._sleep(random.uniform(0, self._rate_limit_backoff * 2**attempt))
+                attempt += 1
+            except stripe.StripeError as error:
+                raise classify(error) from error
+
+
+class StripeDuplicate(AlreadyDelivered):
+    """AlreadyDelivered carrying Stripe's request id."""
+
+    def __init__(self, message: str, request_id: str | None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def classify(error: stripe.StripeError) -> Exception:
+    """Map an SDK error to meterbridge's failure classes (retries already spent by the SDK)."""
+    status = error.http_status
+    detail = f"Stripe {type(error).__name__} ({status}): {error.user_message or error}"
+    if isinstance(error, stripe.InvalidRequestError) and _is_duplicate_identifier(error):
+        return StripeDuplicate(detail, error.request_id)
+    if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError):
+        return TransientError(detail)
+    if status is not None and (status >= 500 or status in {409, 429}):
+        return TransientError(detail)
+    if status == 404:
+        return UnknownStripeObject(detail)
+    # 400 validation, 401 bad key, 403 permissions: retrying as-is cannot help.
+    return PermanentError(detail)
