@@ -27,6 +27,7 @@ class Outcome(StrEnum):
     SIGNATURE_INVALID = "SignatureFailures"
     MALFORMED = "MalformedEvents"
     QUEUE_UNAVAILABLE = "QueueFailures"
+    SECRETS_UNAVAILABLE = "SecretsUnavailable"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class Intake:
             self._verifier.verify(body, signature_header)
         except InvalidSignature as exc:
             return Reply(400, Outcome.SIGNATURE_INVALID, {"error": f"invalid signature: {exc}"})
+        except TransientError:
+            # The secret could not be read: without it nothing can be judged, so Stripe retries.
+            return Reply(503, Outcome.SECRETS_UNAVAILABLE, {"error": "secrets unavailable, retry"})
 
         envelope = _parse_envelope(body)
         if envelope is None:
