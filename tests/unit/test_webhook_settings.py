@@ -13,7 +13,7 @@ def test_missing_queue_url_is_named():
 
 
 def test_a_webhook_secret_source_is_required():
-    with pytest.raises(SettingsError, match="STRIPE_SECRET_ARN .* or STRIPE_WEBHOOK_SECRET"):
+    with pytest.raises(SettingsError, match=r"STRIPE_SECRET_ARN .* or STRIPE_WEBHOOK_SECRET"):
         load_settings(WebhookSettings, {"QUEUE_URL": "https://sqs/q"})
 
 
