@@ -1,0 +1,773 @@
+"""Billing behaviour: meter events and aggregation, subscriptions, test clocks and invoices."""
+
+from __future__ import annotations
+
+import calendar
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from . import objects
+from .config import EmulatorConfig
+from .errors import StripeApiError, invalid, missing, required
+from .store import Obj, Store, public
+from .webhooks import Events
+
+IDENTIFIER_MEMORY_SECONDS = (
+    24 * 3600
+)  # Stripe: unique "within a rolling period of at least 24 hours"
+WINDOW_PAST_SECONDS = 35 * 86400
+WINDOW_FUTURE_SECONDS = 300
+MAX_SIGNIFICANT_DIGITS = 15
+EMBEDDED_LINES = 10  # Stripe embeds the first 10 lines; the rest via /lines
+
+
+@dataclass
+class MeterEventRecord:
+    """One meter event as received, whatever became of it."""
+
+    identifier: str
+    event_name: str
+    payload: dict[str, Any]
+    timestamp: int
+    received_at: float
+    idempotency_key: str | None
+    source: str
+    status: str = "accepted"  # accepted | rejected | duplicate | canceled
+    error_code: str | None = None
+    error_message: str | None = None
+    meter: str | None = None
+    customer: str | None = None
+    value: Decimal = Decimal(0)
+    sequence: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "identifier": self.identifier,
+            "event_name": self.event_name,
+            "payload": dict(self.payload),
+            "timestamp": self.timestamp,
+            "received_at": self.received_at,
+            "idempotency_key": self.idempotency_key,
+            "source": self.source,
+            "status": self.status,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "meter": self.meter,
+            "customer": self.customer,
+            "value": str(self.value),
+        }
+
+
+@dataclass
+class _ErrorReport:
+    meter: str | None
+    by_code: dict[str, list[MeterEventRecord]] = field(default_factory=lambda: defaultdict(list))
+
+
+def add_interval(anchor: int, interval: str, count: int) -> int:
+    """`anchor` moved by `count` intervals; months keep the anchor's day, clamped to month end."""
+    if interval == "day":
+        return anchor + count * 86400
+    if interval == "week":
+        return anchor + count * 7 * 86400
+    months = count * (12 if interval == "year" else 1)
+    start = datetime.fromtimestamp(anchor, UTC)
+    month_index = start.month - 1 + months
+    year, month = start.year + month_index // 12, month_index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return int(start.replace(year=year, month=month, day=day).timestamp())
+
+
+def parse_value(raw: Any) -> Decimal:
+    if not isinstance(raw, str | int) or isinstance(raw, bool):
+        raise ValueError("value must be a number string")
+    try:
+        value = Decimal(str(raw).strip())
+    except InvalidOperation:
+        raise ValueError(f"invalid value {raw!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"invalid value {raw!r}")
+    return value
+
+
+def significant_digits(value: Decimal) -> int:
+    return len(value.normalize().as_tuple().digits)
+
+
+class Billing:
+    """All stateful billing rules; callers hold no locks, every method takes the store's lock."""
+
+    def __init__(self, store: Store, config: EmulatorConfig, events: Events) -> None:
+        self.store = store
+        self.config = config
+        self.events = events
+        self.meter_events: list[MeterEventRecord] = []
+        self._by_identifier: dict[str, MeterEventRecord] = {}
+        self._usage: dict[tuple[str, str], list[MeterEventRecord]] = defaultdict(list)
+        self._sequence = 0
+        self._clock_jobs: queue.Queue[str | None] = queue.Queue()
+        self._clock_thread = threading.Thread(
+            target=self._run_clock_jobs, name="stripe-emu-clocks", daemon=True
+        )
+        self._clock_thread.start()
+
+    # ---- time ---------------------------------------------------------------------------
+
+    @staticmethod
+    def wall_now() -> int:
+        return int(time.time())
+
+    def customer_now(self, customer: Obj | None) -> int:
+        """The customer's 'now': its test clock's frozen time, else real time."""
+        clock_id = customer.get("test_clock") if customer else None
+        if clock_id:
+            clock = self.store.find("test_helpers.test_clock", clock_id)
+            if clock is not None:
+                return int(clock["frozen_time"])
+        return self.wall_now()
+
+    # ---- meter events -------------------------------------------------------------------
+
+    def record_meter_event(
+        self,
+        *,
+        event_name: str,
+        payload: dict[str, Any],
+        identifier: str | None,
+        timestamp: int | None,
+        idempotency_key: str | None,
+        source: str,
+        reject_duplicates: bool,
+    ) -> MeterEventRecord:
+        """Validate like Stripe: duplicates (optionally timestamps) at once, the rest later.
+
+        Asynchronous failures are recorded as `rejected` and reported through a thin
+        `v1.billing.meter.error_report_triggered` event, as Stripe does.
+        """
+        now = time.time()
+        with self.store.lock:
+            self._sequence += 1
+            record = MeterEventRecord(
+                identifier=identifier or self.store.new_id("mev", 20),
+                event_name=event_name,
+                payload=dict(payload),
+                timestamp=timestamp if timestamp is not None else 0,
+                received_at=now,
+                idempotency_key=idempotency_key,
+                source=source,
+                sequence=self._sequence,
+            )
+            self.meter_events.append(record)
+            if len(record.identifier) > 100:
+                record.status = "rejected"
+                raise invalid("identifier must be at most 100 characters", param="identifier")
+            earlier = self._by_identifier.get(record.identifier)
+            if earlier is not None and now - earlier.received_at < IDENTIFIER_MEMORY_SECONDS:
+                record.status = "duplicate"
+                if reject_duplicates:
+                    raise StripeApiError(
+                        400,
+                        f"An event already exists with identifier {record.identifier}.",
+                        param="identifier",
+                        should_retry=False,
+                    )
+                return record
+            _meter, customer, error = self._resolve(record)
+            reference = (
+                self.customer_now(customer)
+                if self.config.timestamp_reference == "clock"
+                else self.wall_now()
+            )
+            if timestamp is None:
+                record.timestamp = reference
+            window_error = self._window_error(record.timestamp, reference)
+            if window_error is not None and self.config.timestamp_validation == "sync":
+                record.status = "rejected"
+                record.error_code, record.error_message = window_error
+                raise invalid(window_error[1], param="timestamp", code=window_error[0])
+            error = error or window_error
+            self._by_identifier[record.identifier] = record
+            if error is not None:
+                record.status = "rejected"
+                record.error_code, record.error_message = error
+            else:
+                self._usage[(record.meter or "", record.customer or "")].append(record)
+        return record
+
+    def _resolve(
+        self, record: MeterEventRecord
+    ) -> tuple[Obj | None, Obj | None, tuple[str, str] | None]:
+        meters = [
+            m for m in self.store.all("billing.meter") if m.get("event_name") == record.event_name
+        ]
+        if not meters:
+            return None, None, ("no_meter", f"No meter found for event_name {record.event_name}.")
+        active = [m for m in meters if m.get("status") == "active"]
+        meter = (active or meters)[0]
+        record.meter = meter["id"]
+        customer_key = meter["customer_mapping"]["event_payload_key"]
+        customer_id = record.payload.get(customer_key)
+        customer = self.store.find("customer", customer_id) if customer_id else None
+        if customer is not None:
+            record.customer = customer["id"]
+        if not active:
+            return meter, customer, ("archived_meter", f"Meter {meter['id']} is inactive.")
+        if not customer_id:
+            return (
+                meter,
+                None,
+                (
+                    "meter_event_no_customer_defined",
+                    f"Payload has no '{customer_key}' to identify the customer.",
+                ),
+            )
+        if customer is None or customer.get("deleted"):
+            return (
+                meter,
+                None,
+                (
+                    "meter_event_customer_not_found",
+                    f"No customer found with id '{customer_id}'.",
+                ),
+            )
+        value_key = meter["value_settings"]["event_payload_key"]
+        raw_value = record.payload.get(value_key)
+        if raw_value is None and meter["default_aggregation"]["formula"] == "count":
+            raw_value = "1"
+        try:
+            record.value = parse_value(raw_value)
+        except ValueError as exc:
+            return meter, customer, ("meter_event_invalid_value", f"'{value_key}': {exc}.")
+        if significant_digits(record.value) > MAX_SIGNIFICANT_DIGITS:
+            return (
+                meter,
+                customer,
+                (
+                    "meter_event_value_too_many_digits",
+                    f"'{value_key}' has more than {MAX_SIGNIFICANT_DIGITS} significant digits.",
+                ),
+            )
+        return meter, customer, None
+
+    @staticmethod
+    def _window_error(timestamp: int, reference: int) -> tuple[str, str] | None:
+        if timestamp < reference - WINDOW_PAST_SECONDS:
+            return (
+                "timestamp_too_far_in_past",
+                f"Timestamp {timestamp} is more than 35 days before {reference}.",
+            )
+        if timestamp > reference + WINDOW_FUTURE_SECONDS:
+            return (
+                "timestamp_in_future",
+                f"Timestamp {timestamp} is more than 5 minutes after {reference}.",
+            )
+        return None
+
+    def report_errors(self, records: list[MeterEventRecord]) -> None:
+        """One thin error event per meter for the failures of one request, with samples."""
+        reports: dict[str | None, _ErrorReport] = {}
+        for record in records:
+            if record.status == "rejected" and record.error_code:
+                report = reports.setdefault(record.meter, _ErrorReport(record.meter))
+                report.by_code[record.error_code].append(record)
+        for meter_id, report in reports.items():
+            now = time.time()
+            total = sum(len(group) for group in report.by_code.values())
+            error_types = [
+                {
+                    "code": code,
+                    "error_count": len(group),
+                    "sample_errors": [
+                        {
+                            "error_message": sample.error_message,
+                            "request": {"identifier": sample.idempotency_key or sample.identifier},
+                        }
+                        for sample in group[:5]
+                    ],
+                }
+                for code, group in report.by_code.items()
+            ]
+            from .webhooks import rfc3339
+
+            data = {
+                "developer_message_summary": f"{total} meter event(s) failed validation.",
+                "reason": {"error_count": total, "error_types": error_types},
+                "validation_start": rfc3339(now - 60),
+                "validation_end": rfc3339(now),
+            }
+            if meter_id is None:
+                self.events.thin("v1.billing.meter.no_meter_found", None, data)
+            else:
+                related = {
+                    "id": meter_id,
+                    "type": "billing.meter",
+                    "url": f"/v1/billing/meters/{meter_id}",
+                }
+                self.events.thin("v1.billing.meter.error_report_triggered", related, data)
+
+    def cancel_meter_event(self, event_name: str, identifier: str) -> Obj:
+        with self.store.lock:
+            record = self._by_identifier.get(identifier)
+            if record is None or record.event_name != event_name:
+                raise invalid(
+                    f"No meter event found with identifier {identifier}.",
+                    param="cancel[identifier]",
+                )
+            if time.time() - record.received_at > IDENTIFIER_MEMORY_SECONDS:
+                raise invalid(
+                    "Meter events can only be canceled within 24 hours of being received.",
+                    param="cancel[identifier]",
+                )
+            if record.status == "accepted":
+                record.status = "canceled"
+        return {
+            "object": "billing.meter_event_adjustment",
+            "cancel": {"identifier": identifier},
+            "event_name": event_name,
+            "livemode": False,
+            "status": "complete",
+            "type": "cancel",
+        }
+
+    def aggregate(self, meter: Obj, customer_id: str, start: int, end: int) -> Decimal:
+        """The meter's formula over this customer's counted events with start <= timestamp < end.
+
+        An event counts only once `aggregation_lag_seconds` of wall time have passed since it was
+        received: Stripe aggregates asynchronously, the root of the naive integration's losses.
+        """
+        horizon = time.time() - self.config.aggregation_lag_seconds
+        with self.store.lock:
+            counted = [
+                r
+                for r in self._usage.get((meter["id"], customer_id), [])
+                if r.status == "accepted"
+                and r.received_at <= horizon
+                and start <= r.timestamp < end
+            ]
+        formula = meter["default_aggregation"]["formula"]
+        if formula == "count":
+            return Decimal(len(counted))
+        if formula == "last":
+            if not counted:
+                return Decimal(0)
+            return max(counted, key=lambda r: (r.timestamp, r.sequence)).value
+        return sum((r.value for r in counted), Decimal(0))
+
+    def aggregation_settled(self) -> bool:
+        horizon = time.time() - self.config.aggregation_lag_seconds
+        with self.store.lock:
+            return all(
+                r.received_at <= horizon
+                for r in self.meter_events[-10000:]
+                if r.status == "accepted"
+            )
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    def create_subscription(self, params: Obj, request: Obj) -> Obj:
+        customer_id = params.get("customer")
+        if not customer_id:
+            raise required("customer")
+        raw_items = params.get("items") or []
+        if isinstance(raw_items, dict):
+            raw_items = list(raw_items.values())
+        if not raw_items:
+            raise required("items")
+        with self.store.lock:
+            customer = self.store.get("customer", customer_id)
+            prices = []
+            for index, raw in enumerate(raw_items):
+                price_id = raw.get("price") if isinstance(raw, dict) else None
+                if not price_id:
+                    raise required(f"items[{index}][price]")
+                price = self.store.get("price", price_id)
+                if not price.get("recurring"):
+                    raise invalid(
+                        "The price specified is set to `type=one_time` but this field only "
+                        "accepts prices with `type=recurring`.",
+                        param=f"items[{index}][price]",
+                    )
+                prices.append((price, raw))
+            now = self.customer_now(customer)
+            subscription = objects.subscription(self.store.new_id("sub"), now, customer, params)
+            subscription["metadata"] = {
+                k: str(v) for k, v in (params.get("metadata") or {}).items()
+            }
+            recurring = prices[0][0]["recurring"]
+            subscription["_interval"] = (recurring["interval"], int(recurring["interval_count"]))
+            subscription["_period_index"] = 0
+            subscription["currency"] = prices[0][0]["currency"]
+            subscription["items"]["url"] = (
+                f"/v1/subscription_items?subscription={subscription['id']}"
+            )
+            item_ids = []
+            for price, raw in prices:
+                item = objects.subscription_item(
+                    self.store.new_id("si", 14), now, subscription["id"], public(price)
+                )
+                if price["recurring"].get("usage_type") != "metered":
+                    item["quantity"] = int(raw.get("quantity") or 1)
+                item["metadata"] = {k: str(v) for k, v in (raw.get("metadata") or {}).items()}
+                self.store.put("subscription_item", item)
+                item_ids.append(item["id"])
+            subscription["_items"] = item_ids
+            self.store.put("subscription", subscription)
+            self._set_item_periods(subscription)
+            self.events.snapshot(
+                "customer.subscription.created",
+                self.render_subscription(subscription),
+                now,
+                request=request,
+            )
+            first = self._new_invoice(
+                subscription,
+                customer,
+                "subscription_create",
+                now,
+                self.current_period(subscription),
+            )
+            self._finalize(first, now)
+            return subscription
+
+    def current_period(self, subscription: Obj) -> tuple[int, int]:
+        interval, count = subscription["_interval"]
+        index = subscription["_period_index"]
+        anchor = subscription["billing_cycle_anchor"]
+        return add_interval(anchor, interval, index * count), add_interval(
+            anchor, interval, (index + 1) * count
+        )
+
+    def _set_item_periods(self, subscription: Obj) -> None:
+        start, end = self.current_period(subscription)
+        for item_id in subscription["_items"]:
+            item = self.store.get("subscription_item", item_id)
+            item["current_period_start"], item["current_period_end"] = start, end
+
+    def items_of(self, subscription: Obj) -> list[Obj]:
+        return [
+            item
+            for item_id in subscription.get("_items", [])
+            if (item := self.store.find("subscription_item", item_id)) is not None
+        ]
+
+    def render_subscription(self, subscription: Obj) -> Obj:
+        rendered = public(subscription)
+        if "_items" in subscription:
+            items = [public(item) for item in self.items_of(subscription)]
+            rendered["items"] = {
+                "object": "list",
+                "data": items,
+                "has_more": False,
+                "total_count": len(items),
+                "url": f"/v1/subscription_items?subscription={subscription['id']}",
+            }
+        return rendered
+
+    def cancel_subscription(self, subscription_id: str, request: Obj) -> Obj:
+        with self.store.lock:
+            subscription = self.store.get("subscription", subscription_id)
+            customer = self.store.find("customer", subscription["customer"])
+            now = self.customer_now(customer)
+            subscription.update(status="canceled", canceled_at=now, ended_at=now)
+            self.events.snapshot(
+                "customer.subscription.deleted",
+                self.render_subscription(subscription),
+                now,
+                request=request,
+            )
+            return subscription
+
+    # ---- invoices -----------------------------------------------------------------------
+
+    def _new_invoice(
+        self,
+        subscription: Obj,
+        customer: Obj,
+        billing_reason: str,
+        created: int,
+        usage_period: tuple[int, int],
+    ) -> Obj:
+        invoice = objects.invoice(self.store.new_id("in"), created, customer, subscription)
+        invoice["billing_reason"] = billing_reason
+        invoice["currency"] = subscription["currency"]
+        invoice["collection_method"] = subscription["collection_method"]
+        invoice["period_start"], invoice["period_end"] = (
+            usage_period if billing_reason == "subscription_cycle" else (created, created)
+        )
+        invoice["lines"]["url"] = f"/v1/invoices/{invoice['id']}/lines"
+        lines = []
+        for item in self.items_of(subscription):
+            metered = item["price"]["recurring"].get("usage_type") == "metered"
+            # Metered usage is billed in arrears for the period just ended; licensed in advance.
+            period = usage_period if metered else self.current_period(subscription)
+            line = objects.invoice_line(self.store.new_id("il"), invoice["id"], item, period)
+            line["description"] = f"{item['price'].get('nickname') or item['price']['id']}"
+            lines.append(line)
+        invoice["_lines"] = lines
+        self._price_lines(invoice, usage=billing_reason == "subscription_cycle")
+        if billing_reason == "subscription_cycle":
+            invoice["automatically_finalizes_at"] = created + self.config.grace_period_seconds
+        self.store.put("invoice", invoice)
+        subscription["latest_invoice"] = invoice["id"]
+        self.events.snapshot("invoice.created", self.render_invoice(invoice), created)
+        return invoice
+
+    def _price_lines(self, invoice: Obj, *, usage: bool) -> None:
+        """Quantities and amounts from the meters (metered lines) or the item quantity."""
+        total = 0
+        for line in invoice["_lines"]:
+            details = (line.get("parent") or {}).get("subscription_item_details") or {}
+            item = self.store.find("subscription_item", details.get("subscription_item") or "")
+            if item is None:
+                total += int(line.get("amount") or 0)
+                continue
+            price = item["price"]
+            recurring = price.get("recurring") or {}
+            if recurring.get("usage_type") == "metered":
+                quantity = Decimal(0)
+                meter = self.store.find("billing.meter", recurring.get("meter") or "")
+                if usage and meter is not None:
+                    period = line["period"]
+                    quantity = self.aggregate(
+                        meter, invoice["customer"], period["start"], period["end"]
+                    )
+                quantity = max(quantity, Decimal(0))  # a negative cycle total bills as 0
+            else:
+                quantity = Decimal(item.get("quantity") or 1)
+            unit = Decimal(price.get("unit_amount_decimal") or 0)
+            amount = int((quantity * unit).to_integral_value(ROUND_HALF_UP))
+            line["quantity"] = int(quantity.to_integral_value(ROUND_HALF_UP))
+            line["quantity_decimal"] = format(quantity.normalize(), "f")
+            line["amount"] = line["subtotal"] = amount
+            total += amount
+        for key in ("amount_due", "amount_remaining", "subtotal", "subtotal_excluding_tax"):
+            invoice[key] = total
+        invoice["total"] = invoice["total_excluding_tax"] = total
+
+    def _finalize(self, invoice: Obj, now: int) -> None:
+        if invoice["billing_reason"] == "subscription_cycle" or invoice.get("_lines"):
+            # "During finalization, Stripe updates the invoice to reflect the latest quantity."
+            self._price_lines(invoice, usage=invoice["billing_reason"] != "subscription_create")
+        customer = self.store.find("customer", invoice["customer"]) or {}
+        sequence = customer.get("next_invoice_sequence", 1)
+        if customer:
+            customer["next_invoice_sequence"] = sequence + 1
+        invoice["number"] = f"{customer.get('invoice_prefix', 'EMU')}-{sequence:04d}"
+        invoice["status"] = "open"
+        invoice["status_transitions"]["finalized_at"] = now
+        invoice["effective_at"] = now
+        invoice["automatically_finalizes_at"] = None
+        invoice["webhooks_delivered_at"] = invoice["webhooks_delivered_at"] or now
+        self.events.snapshot("invoice.finalized", self.render_invoice(invoice), now)
+
+    def finalize_invoice(self, invoice_id: str, request: Obj) -> Obj:
+        with self.store.lock:
+            invoice = self.store.get("invoice", invoice_id)
+            if invoice.get("status") != "draft":
+                raise invalid(
+                    "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
+                    code="invoice_unexpected_status",
+                )
+            customer = self.store.find("customer", invoice.get("customer") or "")
+            self._finalize(invoice, self.customer_now(customer))
+            return invoice
+
+    def update_invoice(self, invoice_id: str, params: Obj, request: Obj) -> Obj:
+        from .wire import as_bool, merge_metadata
+
+        with self.store.lock:
+            invoice = self.store.get("invoice", invoice_id)
+            previous: Obj = {}
+            auto_advance = as_bool(params, "auto_advance")
+            if auto_advance is not None and auto_advance != invoice.get("auto_advance"):
+                previous["auto_advance"] = invoice.get("auto_advance")
+                invoice["auto_advance"] = auto_advance
+                if invoice.get("status") == "draft":
+                    invoice["automatically_finalizes_at"] = (
+                        invoice["created"] + self.config.grace_period_seconds
+                        if auto_advance
+                        else None
+                    )
+            if "metadata" in params:
+                previous["metadata"] = dict(invoice.get("metadata") or {})
+                update = params["metadata"] if isinstance(params["metadata"], dict) else {}
+                invoice["metadata"] = (
+                    {} if params["metadata"] == "" else merge_metadata(invoice["metadata"], update)
+                )
+            for key in ("description", "footer"):
+                if key in params:
+                    previous[key] = invoice.get(key)
+                    invoice[key] = params[key] or None
+            customer = self.store.find("customer", invoice.get("customer") or "")
+            self.events.snapshot(
+                "invoice.updated",
+                self.render_invoice(invoice),
+                self.customer_now(customer),
+                previous_attributes=previous,
+                request=request,
+            )
+            return invoice
+
+    def render_invoice(self, invoice: Obj) -> Obj:
+        rendered = public(invoice)
+        if "_lines" in invoice:
+            lines = invoice["_lines"]
+            rendered["lines"] = {
+                "object": "list",
+                "data": [dict(line) for line in lines[:EMBEDDED_LINES]],
+                "has_more": len(lines) > EMBEDDED_LINES,
+                "total_count": len(lines),
+                "url": f"/v1/invoices/{invoice['id']}/lines",
+            }
+        return rendered
+
+    # ---- test clocks --------------------------------------------------------------------
+
+    def advance_clock(self, clock_id: str, frozen_time: int) -> Obj:
+        with self.store.lock:
+            clock = self.store.get("test_helpers.test_clock", clock_id)
+            if clock["status"] != "ready":
+                raise invalid(
+                    f"The test clock {clock_id} is {clock['status']}; wait until it is ready.",
+                    code="test_clock_not_ready" if clock["status"] == "advancing" else None,
+                )
+            if frozen_time <= clock["frozen_time"]:
+                raise invalid(
+                    "The frozen_time must be after the test clock's current frozen_time.",
+                    param="frozen_time",
+                )
+            clock["status"] = "advancing"
+            clock["status_details"] = {"advancing": {"target_frozen_time": frozen_time}}
+            clock["_target"] = frozen_time
+        self._clock_jobs.put(clock_id)
+        return clock
+
+    def clocks_settled(self) -> bool:
+        with self.store.lock:
+            return self._clock_jobs.unfinished_tasks == 0 and all(
+                c["status"] != "advancing" for c in self.store.all("test_helpers.test_clock")
+            )
+
+    def stop(self) -> None:
+        self._clock_jobs.put(None)
+        self._clock_thread.join(timeout=2)
+
+    def _run_clock_jobs(self) -> None:
+        while True:
+            clock_id = self._clock_jobs.get()
+            try:
+                if clock_id is None:
+                    return
+                self._advance(clock_id)
+            finally:
+                self._clock_jobs.task_done()
+
+    def _advance(self, clock_id: str) -> None:
+        """Walk the clock forward one due moment at a time: finalizations, then renewals."""
+        while True:
+            with self.store.lock:
+                clock = self.store.find("test_helpers.test_clock", clock_id)
+                if clock is None:
+                    return
+                target = clock["_target"]
+                step = self._next_due(clock_id, target)
+                if step is None:
+                    clock["frozen_time"] = target
+                    clock["status"] = "ready"
+                    clock["status_details"] = {}
+                    self.events.snapshot("test_helpers.test_clock.ready", public(clock), target)
+                    return
+                when, kind, obj = step
+                clock["frozen_time"] = when
+                if kind == "finalize":
+                    self._finalize(obj, when)
+                else:
+                    self._renew(obj, when)
+
+    def _next_due(self, clock_id: str, target: int) -> tuple[int, str, Obj] | None:
+        due: list[tuple[int, int, str, Obj]] = []
+        for invoice in self.store.all("invoice"):
+            finalizes_at = invoice.get("automatically_finalizes_at")
+            if (
+                invoice.get("test_clock") == clock_id
+                and invoice.get("status") == "draft"
+                and invoice.get("auto_advance")
+                and finalizes_at is not None
+                and finalizes_at <= target
+            ):
+                due.append((finalizes_at, 0, "finalize", invoice))
+        for subscription in self.store.all("subscription"):
+            if subscription.get("test_clock") != clock_id or subscription.get("status") != "active":
+                continue
+            if "_interval" not in subscription:
+                continue
+            end = self.current_period(subscription)[1]
+            if end <= target:
+                due.append((end, 1, "renew", subscription))
+        if not due:
+            return None
+        when, _, kind, obj = min(due, key=lambda d: (d[0], d[1]))
+        return when, kind, obj
+
+    def _renew(self, subscription: Obj, boundary: int) -> None:
+        previous = self.current_period(subscription)
+        subscription["_period_index"] += 1
+        self._set_item_periods(subscription)
+        customer = self.store.get("customer", subscription["customer"])
+        self._new_invoice(subscription, customer, "subscription_cycle", boundary, previous)
+
+    # ---- summaries ----------------------------------------------------------------------
+
+    def summaries(self, meter_id: str, params: Obj) -> Obj:
+        from .wire import as_int
+
+        meter = self.store.get("billing.meter", meter_id, "billing.meter")
+        customer = params.get("customer")
+        if not customer:
+            raise required("customer")
+        start, end = as_int(params, "start_time"), as_int(params, "end_time")
+        if start is None:
+            raise required("start_time")
+        if end is None:
+            raise required("end_time")
+        for name, value in (("start_time", start), ("end_time", end)):
+            if value % 60:
+                raise invalid(f"{name} must be aligned to a minute boundary.", param=name)
+        if end <= start:
+            raise invalid("end_time must be after start_time.", param="end_time")
+        windows = [(start, end)]
+        grouping = params.get("value_grouping_window")
+        if grouping in ("hour", "day"):
+            size = 3600 if grouping == "hour" else 86400
+            if start % size or end % size:
+                raise invalid(
+                    f"start_time and end_time must be aligned to {grouping} boundaries.",
+                    param="value_grouping_window",
+                )
+            windows = [(t, t + size) for t in range(start, end, size)]
+        data = [
+            {
+                "id": self.store.new_id("mtrusg", 20),
+                "object": "billing.meter_event_summary",
+                "aggregated_value": self.aggregate(meter, customer, s, e),
+                "end_time": e,
+                "livemode": False,
+                "meter": meter_id,
+                "start_time": s,
+            }
+            for s, e in windows
+        ]
+        if not self.store.find("customer", customer):
+            raise missing("customer", customer, param="customer")
+        return {
+            "object": "list",
+            "data": data[::-1],
+            "has_more": False,
+            "url": f"/v1/billing/meters/{meter_id}/event_summaries",
+        }

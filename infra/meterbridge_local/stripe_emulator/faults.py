@@ -1,0 +1,56 @@
+"""Fault injection: latency, random 5xx/429 answers and the meter-event rate limit."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from .config import EmulatorConfig
+from .errors import StripeApiError
+from .store import Store
+
+METER_EVENT_PATHS = ("/v1/billing/meter_events", "/v2/billing/meter_event_stream")
+
+
+def rate_limited() -> StripeApiError:
+    return StripeApiError(
+        429,
+        "Request rate limit exceeded. Learn more about rate limits here "
+        "https://stripe.com/docs/rate-limits.",
+        code="rate_limit",
+    )
+
+
+class Faults:
+    """Reads the live config on every call so tests can flip faults on a running emulator."""
+
+    def __init__(self, config: EmulatorConfig, store: Store) -> None:
+        self._config = config
+        self._store = store
+        self._lock = threading.Lock()
+        self._meter_calls: collections.deque[float] = collections.deque()
+
+    def before(self, method: str, path: str) -> None:
+        """Sleep and maybe raise, before the request touches any state (so retries are safe)."""
+        config = self._config
+        if config.latency_seconds > 0:
+            time.sleep(config.latency_seconds)
+        if config.error_rate_5xx > 0 and self._store.random() < config.error_rate_5xx:
+            raise StripeApiError(
+                500,
+                "An unknown error occurred (injected by the emulator).",
+                type_="api_error",
+                should_retry=True,
+            )
+        if config.error_rate_429 > 0 and self._store.random() < config.error_rate_429:
+            raise rate_limited()
+        limit = config.meter_event_rate_limit
+        if limit is not None and method == "POST" and path in METER_EVENT_PATHS:
+            now = time.monotonic()
+            with self._lock:
+                while self._meter_calls and self._meter_calls[0] <= now - 1.0:
+                    self._meter_calls.popleft()
+                if len(self._meter_calls) >= limit:
+                    raise rate_limited()
+                self._meter_calls.append(now)
