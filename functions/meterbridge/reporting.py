@@ -1,0 +1,299 @@
+"""The worker's use case: one Stripe event in, each eligible invoice line's usage reported once.
+
+invoice.created → eligible draft? → lines (all pages) → meters → customer (tenant) → for
+each (subscription item, service period): ledger claim → usage → ledger value → Stripe
+meter event → ledger sent/late. The ledger claim is keyed on the report identifier, not
+on the event id, because Stripe may send two events for one invoice.
+"""
+
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
+
+from meterbridge.adapters.ledger import Claim, Ledger
+from meterbridge.adapters.stripe_gateway import StripeGateway
+from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
+from meterbridge.domain.eligibility import ineligibility_reason, reported_line_meters
+from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice
+from meterbridge.domain.reports import (
+    PlannedReport,
+    is_late,
+    meter_event_timestamp,
+    plan_reports,
+    stripe_value_text,
+    usage_value,
+)
+from meterbridge.errors import PermanentError, TransientError
+from meterbridge.messages import EventEnvelope
+from meterbridge.observability import logger, metrics
+
+INVOICE_CREATED = "invoice.created"
+# Handled by later work (reconciliation, meter error reports): acknowledged and counted now.
+ACKNOWLEDGED_EVENT_TYPES = frozenset(
+    {"invoice.finalized", "v1.billing.meter.error_report_triggered"}
+)
+
+_metrics_lock = threading.Lock()
+
+
+def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
+    """Powertools Metrics is not thread-safe; records of a batch run in parallel."""
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=unit, value=value)
+
+
+@dataclass(frozen=True)
+class ReportingPolicy:
+    """What to report and how long to remember; built from WorkerSettings."""
+
+    billing_reasons: Collection[str] = frozenset({"subscription_cycle"})
+    meter_event_names: Collection[str] = frozenset()
+    report_zero_usage: bool = True
+    grace_period_seconds: int = 3600
+    tenant_metadata_key: str | None = None
+    lease_seconds: int = 120
+    event_memory_seconds: int = 4 * 86_400
+
+
+@dataclass
+class EventOutcome:
+    """What happened to one event, for logs and tests."""
+
+    event_id: str
+    event_type: str
+    result: str  # reported | skipped | duplicate_event | acknowledged | ignored
+    reason: str | None = None
+    reports: dict[str, str] = field(default_factory=dict)  # identifier → status
+
+
+class UsageReporter:
+    def __init__(
+        self,
+        gateway: StripeGateway,
+        ledger: Ledger,
+        usage_source: UsageSource,
+        policy: ReportingPolicy,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._gateway = gateway
+        self._ledger = ledger
+        self._usage = usage_source
+        self._policy = policy
+        self._clock = clock
+
+    def handle(self, envelope: EventEnvelope, event: dict[str, Any] | None) -> EventOutcome:
+        """Process one queued Stripe event; raises TransientError / PermanentError to retry."""
+        now = int(self._clock())
+        if self._ledger.event_seen(envelope.id, now):
+            count("DuplicateEvents")
+            return EventOutcome(envelope.id, envelope.type, "duplicate_event")
+        if envelope.type == INVOICE_CREATED:
+            if event is None:  # travelled as an envelope: too large for the queue
+                event = self._gateway.event(envelope.id)
+            document = (event.get("data") or {}).get("object")
+            if not isinstance(document, dict):
+                raise PermanentError(f"event {envelope.id} carries no invoice")
+            outcome = self.report_invoice(document, now)
+            outcome.event_id, outcome.event_type = envelope.id, envelope.type
+        elif envelope.type in ACKNOWLEDGED_EVENT_TYPES:
+            logger.info(
+                "event acknowledged; its handling is not implemented yet",
+                extra={"stripe_event_id": envelope.id, "stripe_event_type": envelope.type},
+            )
+            count("EventsAcknowledged")
+            outcome = EventOutcome(envelope.id, envelope.type, "acknowledged")
+        else:
+            logger.info("event type ignored", extra={"stripe_event_type": envelope.type})
+            outcome = EventOutcome(envelope.id, envelope.type, "ignored")
+        self._ledger.remember_event(
+            envelope.id, envelope.type, now, self._policy.event_memory_seconds
+        )
+        return outcome
+
+    def report_invoice(self, document: dict[str, Any], now: int) -> EventOutcome:
+        invoice_id = str(document.get("id"))
+        try:
+            invoice = Invoice.model_validate(document)
+        except ValidationError as error:
+            raise PermanentError(f"invoice {invoice_id} is not readable: {error}") from None
+        context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
+        reason = ineligibility_reason(invoice, self._policy.billing_reasons)
+        if reason is None:
+            try:
+                plans = self._plan(invoice)
+            except PermanentError as error:
+                self._ledger.record_invoice(
+                    invoice.id, invoice.customer_id, status="failed", reason=str(error), now=now
+                )
+                count("InvoicesFailed")
+                logger.error("invoice cannot be reported", extra={**context, "reason": str(error)})
+                raise
+            if not plans:
+                reason = "no line is priced by a meter that meterbridge reports"
+        if reason is not None:
+            self._ledger.record_invoice(
+                invoice.id, invoice.customer_id, status="skipped", reason=reason, now=now
+            )
+            count("InvoicesSkipped")
+            logger.info("invoice skipped", extra={**context, "reason": reason})
+            return EventOutcome("", "", "skipped", reason=reason)
+
+        tenant = self._tenant(invoice)
+        statuses: dict[str, str] = {}
+        transient: list[str] = []
+        permanent: list[str] = []
+        for plan in plans:
+            try:
+                statuses[plan.identifier] = self._report(plan, tenant, now)
+            except TransientError as error:
+                statuses[plan.identifier] = "retry"
+                transient.append(f"{plan.identifier}: {error}")
+            except PermanentError as error:
+                statuses[plan.identifier] = "failed"
+                permanent.append(f"{plan.identifier}: {error}")
+        failed = transient + permanent
+        self._ledger.record_invoice(
+            invoice.id,
+            invoice.customer_id,
+            status="failed" if failed else "reported",
+            reason="; ".join(failed)[:1000] or None,
+            now=now,
+            report_count=len(plans),
+        )
+        # Sent reports are skipped on retry, so retrying the whole event is safe.
+        if transient:
+            raise TransientError("; ".join(transient))
+        if permanent:
+            raise PermanentError("; ".join(permanent))
+        return EventOutcome("", "", "reported", reports=statuses)
+
+    def _plan(self, invoice: Invoice) -> list[PlannedReport]:
+        lines = list(invoice.lines)
+        if invoice.lines_have_more:
+            after = lines[-1].id if lines else None
+            lines += [
+                InvoiceLine.from_stripe(x) for x in self._gateway.invoice_lines(invoice.id, after)
+            ]
+        meter_by_line = {line.id: self._meter_of(line) for line in lines}
+        selected = reported_line_meters(lines, meter_by_line, self._policy.meter_event_names)
+        return plan_reports(invoice, selected, self._policy.grace_period_seconds)
+
+    def _meter_of(self, line: InvoiceLine) -> Meter | None:
+        price = line.price
+        if price is None and line.price_id is not None:
+            price = MeteredPrice.from_stripe(self._gateway.price(line.price_id))
+        if price is None or not price.is_metered or price.meter_id is None:
+            return None
+        return Meter.from_stripe(self._gateway.meter(price.meter_id))
+
+    def _tenant(self, invoice: Invoice) -> str | None:
+        """The customer is fetched once per invoice: it must exist, and may name a tenant."""
+        customer = self._gateway.customer(invoice.customer_id)
+        if customer.get("deleted"):
+            raise PermanentError(f"customer {invoice.customer_id} is deleted")
+        key = self._policy.tenant_metadata_key
+        if key is None:
+            return None
+        tenant = (customer.get("metadata") or {}).get(key)
+        if not tenant:
+            # Reporting without the tenant would silently bill nothing: stop instead.
+            raise PermanentError(
+                f"customer {invoice.customer_id} has no metadata[{key!r}] (TENANT_METADATA_KEY)"
+            )
+        return str(tenant)
+
+    def _report(self, plan: PlannedReport, tenant: str | None, now: int) -> str:
+        context = {
+            "invoice_id": plan.invoice_id,
+            "customer_id": plan.customer_id,
+            "identifier": plan.identifier,
+        }
+        claim = self._ledger.claim(plan, now, self._policy.lease_seconds)
+        if claim is None:
+            logger.info("report already recorded; not sent again", extra=context)
+            return "already_recorded"
+        try:
+            timestamp = claim.timestamp or meter_event_timestamp(plan.period, now, plan.test_clock)
+            value = claim.value if claim.value is not None else self._usage_of(plan, tenant)
+            if value == 0 and not self._policy.report_zero_usage:
+                self._ledger.mark_skipped(
+                    claim, reason="zero usage (REPORT_ZERO_USAGE=false)", now=now
+                )
+                count("ReportsSkipped")
+                return "skipped"
+            self._ledger.record_value(claim, value, timestamp, now)
+            receipt = self._send(plan, value, timestamp)
+        except (TransientError, PermanentError) as error:
+            self._fail(claim, error, now, context)
+            raise
+        sent_at = int(self._clock())
+        late = is_late(sent_at, plan.finalizes_at)
+        self._ledger.mark_sent(
+            claim,
+            late=late,
+            request_id=receipt.request_id,
+            duplicate=receipt.duplicate,
+            now=sent_at,
+        )
+        if receipt.duplicate:
+            count("DuplicatesAcknowledged")
+        count("ReportsLate" if late else "ReportsSent")
+        log = logger.warning if late else logger.info
+        log(
+            "usage reported after the invoice finalized" if late else "usage reported",
+            extra={**context, "value": str(value), "duplicate": receipt.duplicate},
+        )
+        return "late" if late else "sent"
+
+    def _usage_of(self, plan: PlannedReport, tenant: str | None) -> Decimal:
+        started = time.perf_counter()
+        try:
+            raw = self._usage.usage(
+                UsageQuery(
+                    customer=plan.customer_id,
+                    tenant=tenant,
+                    meter=plan.meter.event_name,
+                    start=plan.period.start,
+                    end=plan.period.end,
+                )
+            )
+        finally:
+            count(
+                "UsageSourceLatency",
+                (time.perf_counter() - started) * 1000,
+                MetricUnit.Milliseconds,
+            )
+        return usage_value(raw)
+
+    def _send(self, plan: PlannedReport, value: Decimal, timestamp: int) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._gateway.create_meter_event(
+                event_name=plan.meter.event_name,
+                payload={
+                    plan.meter.customer_payload_key: plan.customer_id,
+                    plan.meter.value_payload_key: stripe_value_text(value),
+                },
+                identifier=plan.identifier,
+                timestamp=timestamp,
+            )
+        finally:
+            count("StripeLatency", (time.perf_counter() - started) * 1000, MetricUnit.Milliseconds)
+
+    def _fail(self, claim: Claim, error: Exception, now: int, context: dict[str, str]) -> None:
+        failure_class = "permanent" if isinstance(error, PermanentError) else "transient"
+        try:
+            self._ledger.mark_failed(claim, failure_class=failure_class, reason=str(error), now=now)
+        except TransientError:
+            logger.exception("could not record the failure in the ledger", extra=context)
+        if failure_class == "permanent":
+            count("ReportsFailed")
+            logger.error("report failed permanently", extra={**context, "reason": str(error)})
+        else:
+            logger.warning("report failed; will retry", extra={**context, "reason": str(error)})
