@@ -113,18 +113,24 @@ class StripeGateway:
     ) -> MeterEventReceipt:
         """Send one v1 meter event; the identifier doubles as the idempotency key so the
         SDK's own retries and a later process's retry are the same request to Stripe."""
+        params: Any = {
+            "event_name": event_name,
+            "payload": payload,
+            "identifier": identifier,
+            "timestamp": timestamp,
+        }
         try:
-            created = self._call(
-                lambda: self._client.v1.billing.meter_events.create(
-                    {
-                        "event_name": event_name,
-                        "payload": payload,
-                        "identifier": identifier,
-                        "timestamp": timestamp,
-                    },
-                    {"idempotency_key": identifier},
+            try:
+                created = self._call(
+                    lambda: self._client.v1.billing.meter_events.create(
+                        params, {"idempotency_key": identifier}
+                    )
                 )
-            )
+            except IdempotencyKeyReused:
+                # An earlier request used this key with other parameters (e.g. usage recomputed
+                # after a crash). Let Stripe's identifier check decide instead: it answers
+                # "already exists" if the earlier one was accepted.
+                created = self._call(lambda: self._client.v1.billing.meter_events.create(params))
         except StripeDuplicate as duplicate:
             return MeterEventReceipt(request_id=duplicate.request_id, duplicate=True)
         response = created.last_response
@@ -167,12 +173,18 @@ class StripeDuplicate(AlreadyDelivered):
         self.request_id = request_id
 
 
+class IdempotencyKeyReused(PermanentError):
+    """The idempotency key was used before with different parameters."""
+
+
 def classify(error: stripe.StripeError) -> Exception:
     """Map an SDK error to meterbridge's failure classes (retries already spent by the SDK)."""
     status = error.http_status
     detail = f"Stripe {type(error).__name__} ({status}): {error.user_message or error}"
     if isinstance(error, stripe.InvalidRequestError) and _is_duplicate_identifier(error):
         return StripeDuplicate(detail, error.request_id)
+    if isinstance(error, stripe.IdempotencyError) and status == 400:
+        return IdempotencyKeyReused(detail)
     if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError):
         return TransientError(detail)
     if status is not None and (status >= 500 or status in {409, 429}):

@@ -1,0 +1,285 @@
+"""Pure worker rules: invoice shapes, eligibility, identifiers, the timestamp rule, values."""
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meterbridge.domain.eligibility import ineligibility_reason, reported_line_meters
+from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice, ServicePeriod
+from meterbridge.domain.reports import (
+    IDENTIFIER_MAX_LENGTH,
+    STRIPE_MAX_FUTURE_SECONDS,
+    STRIPE_MAX_PAST_SECONDS,
+    InvalidUsageValue,
+    TimestampOutsideWindow,
+    finalizes_at,
+    is_late,
+    meter_event_timestamp,
+    plan_reports,
+    report_identifier,
+    stripe_value_text,
+    usage_value,
+)
+from meterbridge.errors import PermanentError
+
+NOW = 1_760_000_000
+PERIOD = ServicePeriod(start=NOW - 30 * 86400, end=NOW - 3600)
+
+
+def basil_invoice(**overrides: Any) -> dict[str, Any]:
+    """Shape of API version 2025-03-31.basil and later."""
+    invoice: dict[str, Any] = {
+        "object": "invoice",
+        "id": "in_basil",
+        "customer": "cus_1",
+        "status": "draft",
+        "billing_reason": "subscription_cycle",
+        "created": NOW - 3600,
+        "automatically_finalizes_at": NOW,
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": "sub_1"},
+        },
+        "lines": {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {
+                    "object": "line_item",
+                    "id": "il_1",
+                    "period": {"start": PERIOD.start, "end": PERIOD.end},
+                    "parent": {
+                        "type": "subscription_item_details",
+                        "subscription_item_details": {
+                            "subscription": "sub_1",
+                            "subscription_item": "si_1",
+                        },
+                    },
+                    "pricing": {"type": "price_details", "price_details": {"price": "price_m"}},
+                }
+            ],
+        },
+    }
+    invoice.update(overrides)
+    return invoice
+
+
+def legacy_invoice(**overrides: Any) -> dict[str, Any]:
+    """Shape before basil: top-level subscription, expanded price on lines."""
+    invoice: dict[str, Any] = {
+        "object": "invoice",
+        "id": "in_legacy",
+        "customer": "cus_1",
+        "status": "draft",
+        "billing_reason": "subscription_cycle",
+        "created": NOW - 3600,
+        "subscription": "sub_1",
+        "lines": {
+            "object": "list",
+            "has_more": True,
+            "data": [
+                {
+                    "object": "line_item",
+                    "id": "il_2",
+                    "type": "subscription",
+                    "subscription": "sub_1",
+                    "subscription_item": "si_2",
+                    "period": {"start": PERIOD.start, "end": PERIOD.end},
+                    "price": {
+                        "id": "price_m",
+                        "object": "price",
+                        "recurring": {"usage_type": "metered", "meter": "mtr_1"},
+                    },
+                }
+            ],
+        },
+    }
+    invoice.update(overrides)
+    return invoice
+
+
+def test_both_api_shapes_read_subscription_item_price_and_line_period() -> None:
+    basil = Invoice.model_validate(basil_invoice())
+    legacy = Invoice.model_validate(legacy_invoice())
+    assert basil.subscription_id == legacy.subscription_id == "sub_1"
+    assert basil.lines[0].subscription_item_id == "si_1"
+    assert basil.lines[0].price_id == "price_m"
+    assert basil.lines[0].price is None
+    assert legacy.lines[0].subscription_item_id == "si_2"
+    assert legacy.lines[0].price == MeteredPrice(
+        id="price_m", meter_id="mtr_1", usage_type="metered"
+    )
+    assert legacy.lines_have_more
+    assert not basil.lines_have_more
+    assert basil.lines[0].period == PERIOD  # the line's period, not the invoice's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason_part"),
+    [
+        ({"status": "open"}, "not 'draft'"),
+        ({"billing_reason": "subscription_create"}, "billing_reason"),
+        ({"parent": None}, "not a subscription invoice"),
+    ],
+)
+def test_ineligible_invoices_say_why(overrides: dict[str, Any], reason_part: str) -> None:
+    invoice = Invoice.model_validate(basil_invoice(**overrides))
+    reason = ineligibility_reason(invoice, {"subscription_cycle"})
+    assert reason is not None
+    assert reason_part in reason
+
+
+def test_billing_reasons_are_configurable() -> None:
+    invoice = Invoice.model_validate(legacy_invoice(billing_reason="subscription_update"))
+    assert ineligibility_reason(invoice, {"subscription_cycle"}) is not None
+    assert ineligibility_reason(invoice, {"subscription_cycle", "subscription_update"}) is None
+
+
+def test_only_metered_lines_of_reported_meters_are_selected() -> None:
+    api = Meter(id="mtr_api", event_name="api_calls")
+    storage = Meter(id="mtr_gb", event_name="storage_gb")
+    lines = [
+        InvoiceLine(id="a", period=PERIOD, subscription_item_id="si_a"),
+        InvoiceLine(id="b", period=PERIOD, subscription_item_id="si_b"),
+        InvoiceLine(id="c", period=PERIOD, subscription_item_id="si_c"),  # licensed
+        InvoiceLine(id="d", period=PERIOD, subscription_item_id=None),  # one-off item
+    ]
+    meters = {"a": api, "b": storage, "c": None, "d": api}
+    assert [x[0].id for x in reported_line_meters(lines, meters, None)] == ["a", "b"]
+    assert [x[0].id for x in reported_line_meters(lines, meters, {"storage_gb"})] == ["b"]
+
+
+def test_meter_reads_custom_payload_keys() -> None:
+    meter = Meter.from_stripe(
+        {
+            "id": "mtr",
+            "event_name": "calls",
+            "customer_mapping": {"event_payload_key": "customer", "type": "by_id"},
+            "value_settings": {"event_payload_key": "count"},
+        }
+    )
+    assert (meter.customer_payload_key, meter.value_payload_key) == ("customer", "count")
+
+
+ids = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=200)
+instants = st.integers(min_value=0, max_value=4_000_000_000)
+
+
+@given(
+    item=st.from_regex(r"si_[A-Za-z0-9]{1,120}", fullmatch=True), start=instants, length=instants
+)
+def test_identifier_is_deterministic_and_fits_stripe(item: str, start: int, length: int) -> None:
+    period = ServicePeriod(start=start, end=start + length)
+    identifier = report_identifier(item, period)
+    assert identifier == report_identifier(item, ServicePeriod(start=start, end=start + length))
+    assert len(identifier) <= IDENTIFIER_MAX_LENGTH
+
+
+@given(item=ids, start=instants, revision=st.integers(0, 1000))
+def test_identifier_changes_with_every_input(item: str, start: int, revision: int) -> None:
+    period = ServicePeriod(start=start, end=start + 100)
+    identifier = report_identifier(item, period, revision)
+    assert identifier != report_identifier(item + "x", period, revision)
+    assert identifier != report_identifier(
+        item, ServicePeriod(start=start, end=start + 101), revision
+    )
+    assert identifier != report_identifier(item, period, revision + 1)
+
+
+def test_timestamp_is_last_second_of_a_past_period() -> None:
+    assert meter_event_timestamp(PERIOD, NOW) == PERIOD.end - 1
+
+
+def test_timestamp_is_now_while_the_period_runs() -> None:
+    running = ServicePeriod(start=NOW - 10, end=NOW + 10)
+    assert meter_event_timestamp(running, NOW) == NOW
+    assert meter_event_timestamp(ServicePeriod(start=NOW, end=NOW + 10), NOW) == NOW
+
+
+def test_period_end_is_exclusive() -> None:
+    assert meter_event_timestamp(ServicePeriod(start=NOW - 100, end=NOW), NOW) == NOW - 1
+
+
+def test_oldest_accepted_edge_and_one_second_beyond() -> None:
+    edge = ServicePeriod(start=0, end=NOW - STRIPE_MAX_PAST_SECONDS + 1)
+    assert meter_event_timestamp(edge, NOW) == NOW - STRIPE_MAX_PAST_SECONDS
+    beyond = ServicePeriod(start=0, end=NOW - STRIPE_MAX_PAST_SECONDS)
+    with pytest.raises(TimestampOutsideWindow, match="older than 35 days"):
+        meter_event_timestamp(beyond, NOW)
+
+
+def test_future_period_within_five_minutes_uses_its_start() -> None:
+    soon = ServicePeriod(start=NOW + STRIPE_MAX_FUTURE_SECONDS, end=NOW + 86400)
+    assert meter_event_timestamp(soon, NOW) == soon.start
+
+
+def test_test_clock_period_in_the_real_future_fails_with_advice() -> None:
+    future = ServicePeriod(start=NOW + STRIPE_MAX_FUTURE_SECONDS + 1, end=NOW + 30 * 86400)
+    with pytest.raises(TimestampOutsideWindow) as raised:
+        meter_event_timestamp(future, NOW, test_clock="clock_1")
+    assert isinstance(raised.value, PermanentError)
+    assert "clock_1" in str(raised.value)
+    assert "frozen_time" in str(raised.value)
+
+
+@given(
+    start=instants, length=st.integers(0, 90 * 86400), offset=st.integers(-100 * 86400, 100 * 86400)
+)
+def test_timestamp_rule_always_lands_inside_period_and_window(
+    start: int, length: int, offset: int
+) -> None:
+    period = ServicePeriod(start=start, end=start + length)
+    now = start + offset
+    try:
+        timestamp = meter_event_timestamp(period, now)
+    except TimestampOutsideWindow:
+        last = max(period.start, period.end - 1)
+        assert (
+            period.start > now + STRIPE_MAX_FUTURE_SECONDS or last < now - STRIPE_MAX_PAST_SECONDS
+        )
+        return
+    assert period.start <= timestamp <= max(period.start, period.end - 1)
+    assert now - STRIPE_MAX_PAST_SECONDS <= timestamp <= now + STRIPE_MAX_FUTURE_SECONDS
+    if period.start <= now:
+        assert timestamp <= now
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("12.50", "12.5"), (3, "3"), ("1E+3", "1000"), ("0", "0"), ("-2", "-2"), ("0.000", "0")],
+)
+def test_usage_values_become_plain_decimal_text(raw: object, expected: str) -> None:
+    assert stripe_value_text(usage_value(raw)) == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", "NaN", "Infinity", None, True, "1234567890123456", [1]])
+def test_bad_usage_values_are_permanent(raw: object) -> None:
+    with pytest.raises(InvalidUsageValue):
+        usage_value(raw)
+
+
+def test_fifteen_significant_digits_are_accepted() -> None:
+    assert usage_value("123456789012.345") == Decimal("123456789012.345")
+    assert usage_value("1000000000000000000") == Decimal("1e18")  # one significant digit
+
+
+def test_deadline_prefers_stripe_schedule_then_grace_period() -> None:
+    scheduled = Invoice.model_validate(basil_invoice())
+    unscheduled = Invoice.model_validate(legacy_invoice())
+    assert finalizes_at(scheduled, 3600) == NOW
+    assert finalizes_at(unscheduled, 7200) == NOW - 3600 + 7200
+    assert is_late(NOW + 1, NOW)
+    assert not is_late(NOW, NOW)
+
+
+def test_repeated_lines_of_one_item_and_period_make_one_report() -> None:
+    invoice = Invoice.model_validate(basil_invoice())
+    meter = Meter(id="mtr", event_name="calls")
+    line = invoice.lines[0]
+    plans = plan_reports(invoice, [(line, meter), (line, meter)], 3600)
+    assert len(plans) == 1
+    assert plans[0].identifier == report_identifier("si_1", PERIOD)
+    assert plans[0].finalizes_at == NOW
