@@ -1,0 +1,81 @@
+"""The naive webhook Lambda the cold-start benchmark compares meterbridge's against.
+
+It does the same work (verify with the stripe SDK over any of the secrets, filter the
+type, SendMessage with the same attributes, Logger/Metrics/Tracer) the way a first
+version usually looks: stripe, boto3 and Powertools with its utilities imported at top
+level "because we may need them", the SQS client built at import, and
+`stripe.Webhook.construct_event`, which parses the whole event into a StripeObject.
+Only the `validation` utility is left out: it needs `fastjsonschema`, not installed.
+"""
+
+import json
+import os
+from typing import Any
+
+import boto3
+import stripe
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver  # noqa: F401
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType  # noqa: F401
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+from aws_lambda_powertools.utilities.idempotency import (  # noqa: F401
+    DynamoDBPersistenceLayer,
+    idempotent,
+)
+from aws_lambda_powertools.utilities.parser import BaseModel, parse  # noqa: F401
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger(service="naive-webhook")
+metrics = Metrics(namespace="NaiveWebhook", service="naive-webhook")
+tracer = Tracer(service="naive-webhook")
+sqs = boto3.client("sqs")
+
+QUEUE_URL = os.environ["QUEUE_URL"]
+ACCEPTED = {"invoice.created", "invoice.finalized", "v1.billing.meter.error_report_triggered"}
+
+
+def webhook_secrets() -> list[str]:
+    arn = os.environ.get("STRIPE_SECRET_ARN")
+    if arn:
+        secret: Any = parameters.get_secret(arn, transform="json", max_age=300)
+        return list(secret["webhook_secrets"])
+    return os.environ["STRIPE_WEBHOOK_SECRET"].split(",")
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = APIGatewayProxyEventV2(event)
+    payload = request.decoded_body or ""
+    signature = request.headers.get("stripe-signature", "")
+    stripe_event = None
+    for secret in webhook_secrets():
+        try:
+            stripe_event = stripe.Webhook.construct_event(payload, signature, secret)
+            break
+        except (ValueError, stripe.SignatureVerificationError):
+            continue
+    if stripe_event is None:
+        metrics.add_metric(name="SignatureFailures", unit=MetricUnit.Count, value=1)
+        return {"statusCode": 400, "body": json.dumps({"error": "invalid signature"})}
+    if stripe_event.type not in ACCEPTED:
+        return {"statusCode": 200, "body": json.dumps({"status": "ignored"})}
+    sqs.send_message(
+        QueueUrl=QUEUE_URL,
+        MessageBody=payload,
+        MessageAttributes={
+            "stripe_event_id": {"DataType": "String", "StringValue": stripe_event.id},
+            "stripe_event_type": {"DataType": "String", "StringValue": stripe_event.type},
+            "livemode": {
+                "DataType": "String",
+                "StringValue": "true" if stripe_event.livemode else "false",
+            },
+            "body_kind": {"DataType": "String", "StringValue": "event"},
+        },
+    )
+    metrics.add_metric(name="EventsQueued", unit=MetricUnit.Count, value=1)
+    logger.info("webhook answered", extra={"status": 200, "event_id": stripe_event.id})
+    return {"statusCode": 200, "body": json.dumps({"status": "queued", "id": stripe_event.id})}
