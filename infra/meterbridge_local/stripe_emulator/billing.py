@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import heapq
 import queue
 import threading
 import time
@@ -111,6 +112,8 @@ class Billing:
         self._by_identifier: dict[str, MeterEventRecord] = {}
         self._usage: dict[tuple[str, str], list[MeterEventRecord]] = defaultdict(list)
         self._sequence = 0
+        self._clock_subscriptions: dict[str, list[str]] = defaultdict(list)
+        self._clock_invoices: dict[str, list[str]] = defaultdict(list)
         self._clock_jobs: queue.Queue[str | None] = queue.Queue()
         self._clock_thread = threading.Thread(
             target=self._run_clock_jobs, name="stripe-emu-clocks", daemon=True
@@ -418,6 +421,8 @@ class Billing:
                 item_ids.append(item["id"])
             subscription["_items"] = item_ids
             self.store.put("subscription", subscription)
+            if subscription.get("test_clock"):
+                self._clock_subscriptions[subscription["test_clock"]].append(subscription["id"])
             self._set_item_periods(subscription)
             self.events.snapshot(
                 "customer.subscription.created",
@@ -514,6 +519,7 @@ class Billing:
         if billing_reason == "subscription_cycle":
             invoice["automatically_finalizes_at"] = created + self.config.grace_period_seconds
         self.store.put("invoice", invoice)
+        self.track_invoice(invoice)
         subscription["latest_invoice"] = invoice["id"]
         self.events.snapshot("invoice.created", self.render_invoice(invoice), created)
         return invoice
@@ -669,58 +675,87 @@ class Billing:
                 self._clock_jobs.task_done()
 
     def _advance(self, clock_id: str) -> None:
-        """Walk the clock forward one due moment at a time: finalizations, then renewals."""
-        while True:
+        """Walk the clock through each due moment in order: finalizations first, then renewals.
+
+        An agenda (heap) per advance keeps a month-start storm of many subscriptions linear.
+        """
+        with self.store.lock:
+            clock = self.store.find("test_helpers.test_clock", clock_id)
+            if clock is None:
+                return
+            target = clock["_target"]
+            agenda: list[tuple[int, int, str]] = []
+            for invoice_id in self._clock_invoices[clock_id]:
+                self._plan_finalization(agenda, invoice_id, target)
+            for subscription_id in self._clock_subscriptions[clock_id]:
+                self._plan_renewal(agenda, subscription_id, target)
+        while agenda:
             with self.store.lock:
-                clock = self.store.find("test_helpers.test_clock", clock_id)
-                if clock is None:
-                    return
-                target = clock["_target"]
-                step = self._next_due(clock_id, target)
-                if step is None:
-                    clock["frozen_time"] = target
-                    clock["status"] = "ready"
-                    clock["status_details"] = {}
-                    self.events.snapshot("test_helpers.test_clock.ready", public(clock), target)
-                    return
-                when, kind, obj = step
-                clock["frozen_time"] = when
-                if kind == "finalize":
-                    self._finalize(obj, when)
+                when, order, object_id = heapq.heappop(agenda)
+                if order == 0:
+                    invoice = self.store.find("invoice", object_id)
+                    if invoice is None or not self._finalizes_at(invoice, when):
+                        continue
+                    clock["frozen_time"] = when
+                    self._finalize(invoice, when)
                 else:
-                    self._renew(obj, when)
+                    subscription = self.store.find("subscription", object_id)
+                    if subscription is None or subscription.get("status") != "active":
+                        continue
+                    if self.current_period(subscription)[1] != when:
+                        continue
+                    clock["frozen_time"] = when
+                    draft = self._renew(subscription, when)
+                    self._plan_finalization(agenda, draft["id"], target)
+                    self._plan_renewal(agenda, object_id, target)
+        with self.store.lock:
+            clock["frozen_time"] = target
+            clock["status"] = "ready"
+            clock["status_details"] = {}
+            self.events.snapshot("test_helpers.test_clock.ready", public(clock), target)
 
-    def _next_due(self, clock_id: str, target: int) -> tuple[int, str, Obj] | None:
-        due: list[tuple[int, int, str, Obj]] = []
-        for invoice in self.store.all("invoice"):
-            finalizes_at = invoice.get("automatically_finalizes_at")
-            if (
-                invoice.get("test_clock") == clock_id
-                and invoice.get("status") == "draft"
-                and invoice.get("auto_advance")
-                and finalizes_at is not None
-                and finalizes_at <= target
-            ):
-                due.append((finalizes_at, 0, "finalize", invoice))
-        for subscription in self.store.all("subscription"):
-            if subscription.get("test_clock") != clock_id or subscription.get("status") != "active":
-                continue
-            if "_interval" not in subscription:
-                continue
-            end = self.current_period(subscription)[1]
-            if end <= target:
-                due.append((end, 1, "renew", subscription))
-        if not due:
-            return None
-        when, _, kind, obj = min(due, key=lambda d: (d[0], d[1]))
-        return when, kind, obj
+    @staticmethod
+    def _finalizes_at(invoice: Obj, when: int) -> bool:
+        return bool(
+            invoice.get("status") == "draft"
+            and invoice.get("auto_advance")
+            and invoice.get("automatically_finalizes_at") == when
+        )
 
-    def _renew(self, subscription: Obj, boundary: int) -> None:
+    def _plan_finalization(
+        self, agenda: list[tuple[int, int, str]], invoice_id: str, target: int
+    ) -> None:
+        invoice = self.store.find("invoice", invoice_id)
+        if invoice is None:
+            return
+        when = invoice.get("automatically_finalizes_at")
+        if when is not None and when <= target and self._finalizes_at(invoice, when):
+            heapq.heappush(agenda, (when, 0, invoice_id))
+
+    def _plan_renewal(
+        self, agenda: list[tuple[int, int, str]], subscription_id: str, target: int
+    ) -> None:
+        subscription = self.store.find("subscription", subscription_id)
+        if subscription is None or subscription.get("status") != "active":
+            return
+        if "_interval" not in subscription:
+            return
+        end = self.current_period(subscription)[1]
+        if end <= target:
+            heapq.heappush(agenda, (end, 1, subscription_id))
+
+    def track_invoice(self, invoice: Obj) -> None:
+        """Let a test clock find this invoice (its drafts finalize as the clock passes them)."""
+        if invoice.get("test_clock"):
+            with self.store.lock:
+                self._clock_invoices[invoice["test_clock"]].append(invoice["id"])
+
+    def _renew(self, subscription: Obj, boundary: int) -> Obj:
         previous = self.current_period(subscription)
         subscription["_period_index"] += 1
         self._set_item_periods(subscription)
         customer = self.store.get("customer", subscription["customer"])
-        self._new_invoice(subscription, customer, "subscription_cycle", boundary, previous)
+        return self._new_invoice(subscription, customer, "subscription_cycle", boundary, previous)
 
     # ---- summaries ----------------------------------------------------------------------
 

@@ -199,6 +199,7 @@ class StripeEmulator:
                 stored.setdefault("billing_reason", "manual")
             self.store.put(THIN_EVENT if resource == "v2.core.event" else resource, stored)
             if resource == "invoice":
+                self.billing.track_invoice(stored)
                 return self.billing.render_invoice(stored)
             return public(stored)
 
