@@ -43,7 +43,9 @@ log = logging.getLogger("meterbridge_local.lambda")
 
 MAX_HTTP_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's request size limit
 SQS_RECEIVE_LIMIT = 10  # ReceiveMessage returns at most 10 messages per call
-POLL_WAIT_SECONDS = 1  # short long-polls keep stop() prompt
+# Short polls with an interruptible back-off rather than SQS long polls: a long poll
+# would hold stop() for its whole wait. Idle cost: at most a few requests a second.
+IDLE_BACKOFF_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 def load_handler(dotted_path: str) -> Handler:
@@ -472,6 +474,7 @@ class SqsPoller:
     # -- internals
 
     def _receive_loop(self) -> None:
+        idle_rounds = 0
         while not self._stop.is_set():
             if not self._slots.acquire(timeout=0.1):
                 continue
@@ -480,20 +483,22 @@ class SqsPoller:
             except Exception:
                 log.exception("receiving from %s failed", self.source.queue_url)
                 batch = []
-                self._stop.wait(0.5)
             if not batch:
                 self._slots.release()
+                self._stop.wait(IDLE_BACKOFF_SECONDS[idle_rounds])
+                idle_rounds = min(idle_rounds + 1, len(IDLE_BACKOFF_SECONDS) - 1)
                 continue
+            idle_rounds = 0
             with self._lock:
                 self._in_flight += 1
             assert self._pool is not None
             self._pool.submit(self._invoke, batch)
 
-    def _receive(self, limit: int, wait_seconds: int) -> list[dict[str, Any]]:
+    def _receive(self, limit: int) -> list[dict[str, Any]]:
         request: dict[str, Any] = {
             "QueueUrl": self.source.queue_url,
             "MaxNumberOfMessages": min(limit, SQS_RECEIVE_LIMIT),
-            "WaitTimeSeconds": wait_seconds,
+            "WaitTimeSeconds": 0,
             "MessageSystemAttributeNames": ["All"],
             "MessageAttributeNames": ["All"],
         }
@@ -504,7 +509,8 @@ class SqsPoller:
         return messages
 
     def _receive_batch(self) -> list[dict[str, Any]]:
-        batch = self._receive(self.source.batch_size, POLL_WAIT_SECONDS)
+        """Up to batch_size records; once the first arrives, wait at most the window."""
+        batch = self._receive(self.source.batch_size)
         if not batch:
             return []
         window_ends = time.monotonic() + self.source.maximum_batching_window_seconds
@@ -512,9 +518,8 @@ class SqsPoller:
             remaining = window_ends - time.monotonic()
             if remaining <= 0:
                 break
-            wait = 1 if remaining >= 1 else 0
-            more = self._receive(self.source.batch_size - len(batch), wait)
-            if not more and wait == 0:
+            more = self._receive(self.source.batch_size - len(batch))
+            if not more:
                 self._stop.wait(min(remaining, 0.05))
             batch.extend(more)
         return batch
