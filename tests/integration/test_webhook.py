@@ -6,6 +6,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -338,3 +339,28 @@ def _metric_values(stdout: str, name: str) -> list[float]:
                 value = document[name]
                 values.extend(value if isinstance(value, list) else [value])
     return values
+
+
+def test_realistic_invoice_created_from_stripe_fixture(
+    make_intake: Callable[..., Intake], queue_url: str
+):
+    """Stripe's own example invoice (tests/fixtures, from stripe/openapi) as a renewal draft."""
+    fixtures = json.loads((Path(__file__).parents[1] / "fixtures/stripe_fixtures.json").read_text())
+    invoice = {
+        **fixtures["invoice"],
+        "status": "draft",
+        "billing_reason": "subscription_cycle",
+        "customer_email": "jenny.rosen@example.com",
+    }
+    event = {**fixtures["event"], "id": "evt_fixture_1", "created": int(time.time())}
+    event.update(type="invoice.created", data={"object": invoice})
+    body = json.dumps(event, indent=2, ensure_ascii=False).encode()
+
+    response = call(make_intake(), http_v2(body, sign(body, SECRET), base64_body=True))
+
+    assert response["statusCode"] == 200
+    [message] = queued(queue_url)
+    envelope, full_event = read_body(message["Body"], "event")
+    assert (envelope.object_type, envelope.object_id) == ("invoice", fixtures["invoice"]["id"])
+    assert envelope.api_version == fixtures["event"]["api_version"]
+    assert full_event == event
