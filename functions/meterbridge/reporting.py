@@ -124,9 +124,11 @@ class UsageReporter:
             raise PermanentError(f"invoice {invoice_id} is not readable: {error}") from None
         context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
         reason = ineligibility_reason(invoice, self._policy.billing_reasons)
+        tenant: str | None = None
         if reason is None:
             try:
                 plans = self._plan(invoice)
+                tenant = self._tenant(invoice) if plans else None
             except PermanentError as error:
                 self._ledger.record_invoice(
                     invoice.id, invoice.customer_id, status="failed", reason=str(error), now=now
@@ -144,7 +146,6 @@ class UsageReporter:
             logger.info("invoice skipped", extra={**context, "reason": reason})
             return EventOutcome("", "", "skipped", reason=reason)
 
-        tenant = self._tenant(invoice)
         statuses: dict[str, str] = {}
         transient: list[str] = []
         permanent: list[str] = []
@@ -216,6 +217,7 @@ class UsageReporter:
         }
         claim = self._ledger.claim(plan, now, self._policy.lease_seconds)
         if claim is None:
+            count("ReportsAlreadyRecorded")
             logger.info("report already recorded; not sent again", extra=context)
             return "already_recorded"
         try:

@@ -70,8 +70,8 @@ class Worker:
 
     def handle_record(self, record: SQSRecord) -> str:
         attempt = int(record.attributes.approximate_receive_count or 1)
-        attribute = record.message_attributes.get(ATTR_BODY_KIND)
-        body_kind = (attribute.string_value if attribute else None) or "event"
+        attribute: Any = record.raw_event.get("messageAttributes", {}).get(ATTR_BODY_KIND) or {}
+        body_kind = attribute.get("stringValue") or "event"
         try:
             try:
                 envelope, full_event = read_body(record.body, body_kind)

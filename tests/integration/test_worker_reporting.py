@@ -1,0 +1,440 @@
+"""The worker end to end: SQS batch (moto) → emulated Stripe (real SDK) → DynamoDB ledger (moto)."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+from meterbridge.adapters.ledger import Ledger
+from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.reports import report_identifier
+from meterbridge.handlers import worker as worker_module
+from meterbridge_local.stripe_emulator import StripeEmulator
+from tests.support.lambda_context import FakeLambdaContext
+from tests.support.stripe_events import snapshot_event
+from tests.support.worker import (
+    DAY,
+    USAGE,
+    USAGE_QUERIES,
+    Billing,
+    Clock,
+    emulator,
+    enqueue,
+    failed_ids,
+    fresh_emulator_faults,
+    invoice_created,
+    ledger,
+    ledger_table,
+    make_worker,
+    queue_url,
+    receive_batch,
+    subscription_item_of,
+    usage_source_down,
+)
+
+__all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
+
+
+def run(worker: worker_module.Worker, queue: str, count: int = 1) -> dict[str, Any]:
+    event = receive_batch(queue, count)
+    response = worker_module.handler(event, FakeLambdaContext(), worker=worker)
+    return {"event": event, "response": response, "failed": failed_ids(response)}
+
+
+def identifier_of(invoice: dict[str, Any], index: int = 0) -> str:
+    return identifier_of_line(invoice["lines"]["data"][index])
+
+
+def identifier_of_line(line: dict[str, Any]) -> str:
+    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
+    return report_identifier(subscription_item_of(line), period)
+
+
+@dataclass
+class WorkerCase:
+    """One test's world: emulator, ledger, queue, and a customer with a metered price."""
+
+    emulator: StripeEmulator
+    billing: Billing
+    ledger: Ledger
+    ledger_table: str
+    queue_url: str
+    setup: dict[str, Any]
+
+    def unpack(self) -> tuple[StripeEmulator, Billing, Ledger, str, str, dict[str, Any]]:
+        return (
+            self.emulator,
+            self.billing,
+            self.ledger,
+            self.ledger_table,
+            self.queue_url,
+            self.setup,
+        )
+
+
+@pytest.fixture
+def case(
+    fresh_emulator_faults: StripeEmulator, ledger: Ledger, ledger_table: str, queue_url: str
+) -> WorkerCase:
+    billing = Billing(fresh_emulator_faults)
+    meter = billing.meter()
+    price = billing.metered_price(meter)
+    customer = billing.customer()
+    USAGE[(customer["id"], meter["event_name"])] = "1234.5"
+    setup = {"meter": meter, "price": price, "customer": customer}
+    return WorkerCase(fresh_emulator_faults, billing, ledger, ledger_table, queue_url, setup)
+
+
+def test_eligible_invoice_reports_each_line_once_with_the_timestamp_rule(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(emulator, ledger_table, queue_url)
+
+    outcome = run(worker, queue_url)
+
+    assert outcome["failed"] == set()
+    identifier = identifier_of(invoice)
+    [sent] = billing.meter_events(identifier)
+    line = invoice["lines"]["data"][0]
+    assert sent["status"] == "accepted"
+    assert sent["event_name"] == setup["meter"]["event_name"]
+    assert sent["payload"] == {"stripe_customer_id": setup["customer"]["id"], "value": "1234.5"}
+    assert sent["timestamp"] == line["period"]["end"] - 1  # last second of the service period
+    assert sent["idempotency_key"] == identifier
+    report = ledger.report(identifier)
+    assert report is not None
+    assert report["status"] == "sent"
+    assert report["value"] == "1234.5"
+    assert report["invoice_id"] == invoice["id"]
+    assert report["stripe_request_id"].startswith("req_")
+    assert ledger.invoice(invoice["id"])["status"] == "reported"  # type: ignore[index]
+    assert [i["sk"] for i in ledger.invoice_items(invoice["id"])] == ["invoice", "report"]
+
+
+def test_legacy_shape_with_paginated_lines_reports_every_line(case: WorkerCase) -> None:
+    emulator, billing, _ledger, ledger_table, queue_url, setup = case.unpack()
+    licensed = billing.licensed_price()
+    prices = [setup["price"]] * 12 + [licensed]  # 13 lines: Stripe embeds only 10
+    invoice = billing.renewal(setup["customer"]["id"], prices, legacy=True)
+    assert invoice["lines"]["has_more"] is True
+    assert "subscription" in invoice
+    assert "parent" not in invoice
+    enqueue(queue_url, invoice_created(invoice))
+
+    outcome = run(make_worker(emulator, ledger_table, queue_url), queue_url)
+
+    assert outcome["failed"] == set()
+    sent = billing.meter_events(customer=setup["customer"]["id"])
+    assert len(sent) == 12  # every metered line, the licensed one left out
+    all_lines = billing.client.v1.invoices.line_items.list(invoice["id"], {"limit": 100}).data
+    metered = [line.to_dict() for line in all_lines][:12]
+    assert {event["identifier"] for event in sent} == {identifier_of_line(x) for x in metered}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"status": "open"}, "not 'draft'"),
+        ({"billing_reason": "manual"}, "billing_reason 'manual'"),
+        ({"parent": None}, "not a subscription invoice"),
+    ],
+)
+def test_ineligible_invoices_are_recorded_as_skipped(
+    case: WorkerCase, overrides: dict[str, Any], reason: str
+) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]], **overrides)
+    enqueue(queue_url, invoice_created(invoice))
+
+    outcome = run(make_worker(emulator, ledger_table, queue_url), queue_url)
+
+    assert outcome["failed"] == set()
+    assert billing.meter_events(customer=setup["customer"]["id"]) == []
+    record = ledger.invoice(invoice["id"])
+    assert record is not None
+    assert record["status"] == "skipped"
+    assert reason in record["reason"]
+
+
+def test_invoice_without_reported_meters_is_skipped(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(
+        emulator, ledger_table, queue_url, env={"METER_EVENT_NAMES": "some_other_meter"}
+    )
+
+    run(worker, queue_url)
+
+    assert billing.meter_events(customer=setup["customer"]["id"]) == []
+    assert ledger.invoice(invoice["id"])["status"] == "skipped"  # type: ignore[index]
+
+
+def test_duplicate_deliveries_and_two_events_for_one_invoice_send_one_meter_event(
+    case: WorkerCase,
+) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    event = invoice_created(invoice)
+    second_event_same_invoice = invoice_created(invoice)  # Stripe may emit two Event objects
+    for queued in (event, event, second_event_same_invoice, event):
+        enqueue(queue_url, queued)
+    worker = make_worker(emulator, ledger_table, queue_url)
+
+    first = run(worker, queue_url, count=4)  # all four in one batch, processed concurrently
+    # Records that lost the race to the ledger claim come back and find the report sent.
+    for _ in range(3):
+        if not first["failed"]:
+            break
+        first = run(worker, queue_url, count=len(first["failed"]))
+    assert first["failed"] == set()
+    enqueue(queue_url, event)  # and a redelivery much later
+    assert run(worker, queue_url)["failed"] == set()
+
+    identifier = identifier_of(invoice)
+    # One event counted by Stripe. (moto's conditional writes are not atomic across threads
+    # the way DynamoDB's are, so a racing twin may reach Stripe and get "already exists".)
+    statuses = [e["status"] for e in billing.meter_events(identifier)]
+    assert statuses.count("accepted") == 1
+    assert set(statuses) <= {"accepted", "duplicate"}
+    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+
+
+def test_crash_after_stripe_accepted_is_acknowledged_on_retry(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+
+    class CrashingLedger(Ledger):
+        def mark_sent(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("Lambda timed out right after Stripe answered")
+
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    clock = Clock()
+    crashing = make_worker(
+        emulator,
+        ledger_table,
+        queue_url,
+        ledger=CrashingLedger(ledger_table, boto3.client("dynamodb")),
+        clock=clock,
+    )
+    assert len(run(crashing, queue_url)["failed"]) == 1
+    identifier = identifier_of(invoice)
+    assert ledger.report(identifier)["status"] == "pending"  # type: ignore[index]
+
+    USAGE[(setup["customer"]["id"], setup["meter"]["event_name"])] = "999"  # source moved on
+    clock.offset = 121  # the crashed attempt's lease has run out
+    assert (
+        run(make_worker(emulator, ledger_table, queue_url, clock=clock), queue_url)["failed"]
+        == set()
+    )
+
+    report = ledger.report(identifier)
+    assert report is not None
+    assert report["status"] == "sent"
+    assert report["value"] == "1234.5"  # what Stripe holds, not the recomputed value
+    assert report["attempts"] == 2
+    assert [e["status"] for e in billing.meter_events(identifier)] == ["accepted"]
+
+
+def test_replay_after_stripes_identifier_window_sends_nothing(case: WorkerCase) -> None:
+    emulator, billing, _ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    event = invoice_created(invoice)
+    enqueue(queue_url, event)
+    clock = Clock()
+    run(make_worker(emulator, ledger_table, queue_url, clock=clock), queue_url)
+
+    clock.offset = 8 * DAY  # DLQ replay a week later: Stripe and the event memory have forgotten
+    enqueue(queue_url, event)
+    assert (
+        run(make_worker(emulator, ledger_table, queue_url, clock=clock), queue_url)["failed"]
+        == set()
+    )
+
+    assert len(billing.meter_events(identifier_of(invoice))) == 1  # nothing even reached Stripe
+
+
+@pytest.mark.parametrize("fault", ["error_rate_5xx", "error_rate_429"])
+def test_stripe_errors_are_retried_with_backoff_until_success(case: WorkerCase, fault: str) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    # The customer is fetched first: fail from the meter event on by seeding the caches.
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(emulator, ledger_table, queue_url, env={"STRIPE_RATE_LIMIT_RETRIES": "0"})
+    emulator.set_faults(**{fault: 1.0})
+
+    failed = run(worker, queue_url)
+    assert len(failed["failed"]) == 1
+    identifier = identifier_of(invoice)
+    assert billing.meter_events(identifier) == []
+    assert ledger.report(identifier) is None  # failed while reading prices: nothing claimed
+
+    emulator.set_faults(**{fault: 0.0})
+    retried = run(worker, queue_url)  # back-off base 0 in tests: visible again at once
+    assert retried["failed"] == set()
+    assert retried["event"]["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert [e["status"] for e in billing.meter_events(identifier)] == ["accepted"]
+    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+
+
+def test_usage_source_down_then_up(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(emulator, ledger_table, queue_url)
+    identifier = identifier_of(invoice)
+    usage_source_down(True)
+    try:
+        assert len(run(worker, queue_url)["failed"]) == 1
+    finally:
+        usage_source_down(False)
+    report = ledger.report(identifier)
+    assert report is not None
+    assert (report["status"], report["failure_class"]) == ("failed", "transient")
+    assert "usage warehouse is down" in report["last_error"]
+
+    assert run(worker, queue_url)["failed"] == set()
+    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+    assert len(billing.meter_events(identifier)) == 1
+
+
+def test_failed_record_is_delayed_with_growing_visibility(case: WorkerCase) -> None:
+    emulator, billing, _ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(
+        emulator, ledger_table, queue_url, env={"RETRY_BACKOFF_BASE_SECONDS": "60"}
+    )
+    usage_source_down(True)
+    try:
+        assert len(run(worker, queue_url)["failed"]) == 1
+    finally:
+        usage_source_down(False)
+    # Not visible again right away: the worker pushed the retry 60 s out.
+    assert boto3.client("sqs").receive_message(QueueUrl=queue_url).get("Messages", []) == []
+
+
+@pytest.mark.parametrize(
+    "kind", ["bad_value", "unknown_customer", "test_clock_future", "no_tenant"]
+)
+def test_permanent_errors_are_recorded_with_their_reason(case: WorkerCase, kind: str) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    customer_id = setup["customer"]["id"]
+    env: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
+    now = int(time.time())
+    if kind == "bad_value":
+        USAGE[(customer_id, setup["meter"]["event_name"])] = "12345678901234567"  # 17 digits
+    elif kind == "unknown_customer":
+        customer_id = "cus_doesnotexist"
+    elif kind == "test_clock_future":
+        # A test clock started now and advanced a month: the period lies in the real future.
+        overrides = {"period": (now + 2 * DAY, now + 32 * DAY), "test_clock": "clock_future"}
+    else:
+        env = {"TENANT_METADATA_KEY": "tenant_id"}
+    invoice = billing.renewal(customer_id, [setup["price"]], **overrides)
+    enqueue(queue_url, invoice_created(invoice))
+
+    outcome = run(make_worker(emulator, ledger_table, queue_url, env=env), queue_url)
+
+    assert len(outcome["failed"]) == 1  # left to reach the DLQ after maxReceiveCount
+    assert billing.meter_events(customer=customer_id) == []
+    invoice_record = ledger.invoice(invoice["id"])
+    assert invoice_record is not None
+    assert invoice_record["status"] == "failed"
+    expected = {
+        "bad_value": "17 significant digits",
+        "unknown_customer": "cus_doesnotexist",
+        "test_clock_future": "clock_future",
+        "no_tenant": "tenant_id",
+    }[kind]
+    assert expected in invoice_record["reason"]
+    if kind in {"bad_value", "test_clock_future"}:
+        report = ledger.report(identifier_of(invoice))
+        assert report is not None
+        assert (report["status"], report["failure_class"]) == ("failed", "permanent")
+        assert expected in report["last_error"]
+
+
+def test_a_batch_where_every_record_fails_returns_failures_instead_of_raising(
+    case: WorkerCase,
+) -> None:
+    emulator, billing, _ledger, ledger_table, queue_url, setup = case.unpack()
+    for _ in range(3):
+        enqueue(queue_url, invoice_created(billing.renewal("cus_missing", [setup["price"]])))
+    boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody="not json")
+
+    outcome = run(make_worker(emulator, ledger_table, queue_url), queue_url, count=4)
+
+    assert outcome["failed"] == {r["messageId"] for r in outcome["event"]["Records"]}
+
+
+def test_zero_usage_is_reported_unless_configured_off(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    USAGE[(setup["customer"]["id"], setup["meter"]["event_name"])] = "0"
+    reported = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(reported))
+    run(make_worker(emulator, ledger_table, queue_url), queue_url)
+    assert [e["payload"]["value"] for e in billing.meter_events(identifier_of(reported))] == ["0"]
+
+    skipped = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(skipped))
+    run(
+        make_worker(emulator, ledger_table, queue_url, env={"REPORT_ZERO_USAGE": "false"}),
+        queue_url,
+    )
+    assert billing.meter_events(identifier_of(skipped)) == []
+    assert ledger.report(identifier_of(skipped))["status"] == "skipped"  # type: ignore[index]
+
+
+def test_report_after_finalization_time_is_recorded_late(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(
+        setup["customer"]["id"], [setup["price"]], automatically_finalizes_at=int(time.time()) - 5
+    )
+    enqueue(queue_url, invoice_created(invoice))
+    run(make_worker(emulator, ledger_table, queue_url), queue_url)
+    assert ledger.report(identifier_of(invoice))["status"] == "late"  # type: ignore[index]
+
+
+def test_tenant_from_customer_metadata_reaches_the_usage_source(case: WorkerCase) -> None:
+    emulator, billing, _ledger, ledger_table, queue_url, setup = case.unpack()
+    customer = billing.customer({"tenant_id": "acme"})
+    invoice = billing.renewal(customer["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    run(
+        make_worker(emulator, ledger_table, queue_url, env={"TENANT_METADATA_KEY": "tenant_id"}),
+        queue_url,
+    )
+    [query] = [q for q in USAGE_QUERIES if q.customer == customer["id"]]
+    assert query.tenant == "acme"
+    assert query.meter == setup["meter"]["event_name"]
+    assert (query.start, query.end) == (
+        invoice["lines"]["data"][0]["period"]["start"],
+        invoice["lines"]["data"][0]["period"]["end"],
+    )
+
+
+def test_envelope_messages_fetch_the_event_from_stripe(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    event = emulator.seed("event", invoice_created(invoice))
+    enqueue(queue_url, event, as_envelope=True)
+    assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
+    assert ledger.report(identifier_of(invoice))["status"] == "sent"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "event_type", ["invoice.finalized", "v1.billing.meter.error_report_triggered"]
+)
+def test_later_event_types_are_acknowledged_without_failing(
+    case: WorkerCase, event_type: str
+) -> None:
+    emulator, _billing, ledger, ledger_table, queue_url, _setup = case.unpack()
+    event = snapshot_event(event_type, {"id": "in_x", "object": "invoice"})
+    enqueue(queue_url, event)
+    assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
+    assert ledger.event_seen(event["id"], int(time.time()))

@@ -1,0 +1,316 @@
+"""Worker test harness: Stripe objects in the billing emulator, real SQS deliveries, usage.
+
+Everything goes over HTTP: the real stripe SDK to the emulator, the real boto3 to moto.
+"""
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+import stripe
+
+from meterbridge.adapters.ledger import Ledger, create_ledger_table
+from meterbridge.adapters.usage_sources import UsageQuery
+from meterbridge.errors import TransientError
+from meterbridge.handlers.worker import Worker, build_worker
+from meterbridge.messages import EventEnvelope, envelope_body, message_attributes
+from meterbridge_local.aws import MotoServer
+from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
+from tests.support.stripe_events import snapshot_event
+
+API_KEY = "sk_test_worker_suite"
+DAY = 86_400
+
+# --- usage for `USAGE_SOURCE=python://tests.support.worker:usage` ----------------------
+
+USAGE: dict[tuple[str, str], object] = {}  # (customer, meter event name) → value
+USAGE_QUERIES: list[UsageQuery] = []
+_usage_down = threading.Event()
+_usage_lock = threading.Lock()
+
+
+def usage(query: UsageQuery) -> object:
+    with _usage_lock:
+        USAGE_QUERIES.append(query)
+    if _usage_down.is_set():
+        raise TransientError("usage warehouse is down")
+    return USAGE.get((query.customer, query.meter), "0")
+
+
+def usage_source_down(down: bool) -> None:
+    if down:
+        _usage_down.set()
+    else:
+        _usage_down.clear()
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[StripeEmulator]:
+    with StripeEmulator(EmulatorConfig()).start() as emu:
+        yield emu
+
+
+@pytest.fixture
+def fresh_emulator_faults(emulator: StripeEmulator) -> Iterator[StripeEmulator]:
+    yield emulator
+    emulator.set_faults(error_rate_5xx=0.0, error_rate_429=0.0, latency_seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def ledger_table(aws: MotoServer) -> str:
+    name = f"ledger-{uuid.uuid4().hex[:8]}"
+    create_ledger_table(boto3.client("dynamodb"), name)
+    return name
+
+
+@pytest.fixture
+def ledger(ledger_table: str) -> Ledger:
+    return Ledger(ledger_table, boto3.client("dynamodb"))
+
+
+@pytest.fixture
+def queue_url(aws: MotoServer) -> str:
+    sqs = boto3.client("sqs")
+    return str(sqs.create_queue(QueueName=f"worker-{uuid.uuid4().hex[:12]}")["QueueUrl"])
+
+
+@pytest.fixture
+def billing(emulator: StripeEmulator) -> "Billing":
+    return Billing(emulator)
+
+
+def worker_environment(
+    emulator: StripeEmulator, ledger_table: str, queue_url: str, **extra: str
+) -> dict[str, str]:
+    return {
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": emulator.url,
+        "STRIPE_MAX_NETWORK_RETRIES": "0",
+        "STRIPE_TIMEOUT_SECONDS": "5",
+        "LEDGER_TABLE": ledger_table,
+        "QUEUE_URL": queue_url,
+        "USAGE_SOURCE": "python://tests.support.worker:usage",
+        "RETRY_BACKOFF_BASE_SECONDS": "0",
+        **extra,
+    }
+
+
+def make_worker(
+    emulator: StripeEmulator, ledger_table: str, queue_url: str, **overrides: Any
+) -> Worker:
+    environ = worker_environment(emulator, ledger_table, queue_url, **overrides.pop("env", {}))
+    return build_worker(environ, **overrides)
+
+
+# --- Stripe objects -----------------------------------------------------------------------
+
+
+class Billing:
+    """Builds customers, meters, metered prices and renewal drafts in the emulator."""
+
+    def __init__(self, emulator: StripeEmulator):
+        self.emulator = emulator
+        self.client = stripe.StripeClient(
+            API_KEY, base_addresses={"api": emulator.url, "meter_events": emulator.url}
+        )
+
+    def meter(self, **params: Any) -> dict[str, Any]:
+        name = f"calls_{uuid.uuid4().hex[:10]}"
+        params_: Any = {
+            "display_name": name,
+            "event_name": name,
+            "default_aggregation": {"formula": "sum"},
+            **params,
+        }
+        return self.client.v1.billing.meters.create(params_).to_dict()
+
+    def metered_price(self, meter: dict[str, Any]) -> dict[str, Any]:
+        params: Any = {
+            "currency": "usd",
+            "unit_amount_decimal": "0.5",
+            "product_data": {"name": "API calls"},
+            "recurring": {
+                "interval": "month",
+                "usage_type": "metered",
+                "meter": meter["id"],
+            },
+        }
+        return plain(self.client.v1.prices.create(params))
+
+    def licensed_price(self) -> dict[str, Any]:
+        return plain(
+            self.client.v1.prices.create(
+                {
+                    "currency": "usd",
+                    "unit_amount": 2000,
+                    "product_data": {"name": "Seat"},
+                    "recurring": {"interval": "month"},
+                }
+            )
+        )
+
+    def customer(self, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        return self.client.v1.customers.create({"metadata": metadata or {}}).to_dict()
+
+    def renewal(
+        self,
+        customer_id: str,
+        prices: list[dict[str, Any]],
+        *,
+        period: tuple[int, int] | None = None,
+        legacy: bool = False,
+        **overrides: Any,
+    ) -> dict[str, Any]:
+        """A draft subscription_cycle invoice with one line per price, seeded as given."""
+        now = int(time.time())
+        start, end = period or (now - 30 * DAY, now - 60)
+        subscription = f"sub_{uuid.uuid4().hex[:14]}"
+        lines = [
+            line(subscription, f"si_{uuid.uuid4().hex[:14]}", price, start, end, legacy=legacy)
+            for price in prices
+        ]
+        invoice: dict[str, Any] = {
+            "customer": customer_id,
+            "status": "draft",
+            "billing_reason": "subscription_cycle",
+            "created": now - 30,
+            "livemode": False,
+            "period_start": start,
+            "period_end": end,
+            "automatically_finalizes_at": now + 3600,
+            "lines": {"object": "list", "data": lines},
+        }
+        if legacy:
+            invoice["subscription"] = subscription
+        else:
+            invoice["parent"] = {
+                "type": "subscription_details",
+                "subscription_details": {"subscription": subscription, "metadata": {}},
+            }
+        invoice.update(overrides)
+        return self.emulator.seed("invoice", invoice)
+
+    def meter_events(
+        self, identifier: str | None = None, customer: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            event
+            for event in self.emulator.meter_events()
+            if (identifier is None or event["identifier"] == identifier)
+            and (customer is None or customer in event["payload"].values())
+        ]
+
+
+def plain(stripe_object: Any) -> dict[str, Any]:
+    """JSON-ready dict (the SDK turns *_decimal fields into Decimal)."""
+    result: dict[str, Any] = json.loads(json.dumps(stripe_object.to_dict(), default=str))
+    return result
+
+
+def line(
+    subscription: str, item: str, price: dict[str, Any], start: int, end: int, *, legacy: bool
+) -> dict[str, Any]:
+    if legacy:
+        return {
+            "object": "line_item",
+            "type": "subscription",
+            "subscription": subscription,
+            "subscription_item": item,
+            "price": price,
+            "period": {"start": start, "end": end},
+        }
+    return {
+        "object": "line_item",
+        "period": {"start": start, "end": end},
+        "parent": {
+            "type": "subscription_item_details",
+            "subscription_item_details": {"subscription": subscription, "subscription_item": item},
+        },
+        "pricing": {"type": "price_details", "price_details": {"price": price["id"]}},
+    }
+
+
+def subscription_item_of(invoice_line: dict[str, Any]) -> str:
+    details = (invoice_line.get("parent") or {}).get("subscription_item_details") or {}
+    return str(details.get("subscription_item") or invoice_line.get("subscription_item"))
+
+
+# --- SQS deliveries ------------------------------------------------------------------------
+
+
+def invoice_created(invoice: dict[str, Any]) -> dict[str, Any]:
+    return snapshot_event("invoice.created", invoice)
+
+
+def enqueue(queue_url: str, event: dict[str, Any], *, as_envelope: bool = False) -> None:
+    envelope = EventEnvelope.from_event(event)
+    body = envelope_body(envelope) if as_envelope else json.dumps(event)
+    boto3.client("sqs").send_message(
+        QueueUrl=queue_url,
+        MessageBody=body,
+        MessageAttributes={
+            name: {"DataType": "String", "StringValue": value}
+            for name, value in message_attributes(
+                envelope, "envelope" if as_envelope else "event"
+            ).items()
+        },
+    )
+
+
+def receive_batch(queue_url: str, expected: int) -> dict[str, Any]:
+    """Receive `expected` messages and shape them as Lambda's SQS event."""
+    sqs = boto3.client("sqs")
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(records) < expected and time.monotonic() < deadline:
+        for message in sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(10, expected - len(records)),
+            MessageAttributeNames=["All"],
+            AttributeNames=["All"],
+        ).get("Messages", []):
+            records.append(
+                {
+                    "messageId": message["MessageId"],
+                    "receiptHandle": message["ReceiptHandle"],
+                    "body": message["Body"],
+                    "attributes": message.get("Attributes", {}),
+                    "messageAttributes": {
+                        name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
+                        for name, value in message.get("MessageAttributes", {}).items()
+                    },
+                    "md5OfBody": message["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:worker",
+                    "awsRegion": "us-east-1",
+                }
+            )
+    assert len(records) == expected, f"received {len(records)} of {expected} messages"
+    return {"Records": records}
+
+
+def failed_ids(response: Any) -> set[str]:
+    return {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
+
+
+class Clock:
+    """A settable clock for the worker: leases and the 24 h identifier window without waiting."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def decimal(text: str) -> Decimal:
+    return Decimal(text)
