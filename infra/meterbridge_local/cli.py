@@ -89,7 +89,7 @@ def run_local(
         try:
             if target.webhook_secret is None:
                 stack.set_environment(
-                    {"STRIPE_WEBHOOK_SECRET": _register_webhook(target, stack.webhook_url)}
+                    {"STRIPE_WEBHOOK_SECRET": register_webhook_endpoint(target, stack.webhook_url)}
                 )
             _print_summary(out, stack, target, emulator_url)
             with _stop_on_signals(stop):
@@ -141,7 +141,7 @@ def _stripe(
         emulator.stop()
 
 
-def _register_webhook(target: StripeTarget, webhook_url: str) -> str:
+def register_webhook_endpoint(target: StripeTarget, webhook_url: str) -> str:
     """Register the local webhook URL with a Stripe-compatible server; its secret signs."""
     import stripe
 

@@ -224,6 +224,9 @@ class HttpFront:
             if name.lower() not in ("content-length", "connection"):
                 request.send_header(name, value)
         request.send_header("Content-Length", str(len(payload)))
+        # One request per connection: no idle keep-alive thread outlives stop().
+        request.send_header("Connection", "close")
+        request.close_connection = True
         request.end_headers()
         if request.command != "HEAD":
             request.wfile.write(payload)

@@ -344,27 +344,34 @@ def test_concurrency_is_bounded_and_stop_leaves_no_thread(worker: Worker) -> Non
     active = 0
     most_active = 0
     lock = threading.Lock()
-    pair = threading.Barrier(2, timeout=10)
+    release = threading.Event()
 
-    def meet_in_pairs(event: dict[str, Any]) -> None:
+    def hold_until_released(event: dict[str, Any]) -> None:
         nonlocal active, most_active
         with lock:
             active += 1
             most_active = max(most_active, active)
-        try:
-            pair.wait()  # only passes when two invocations run at once
-        finally:
-            with lock:
-                active -= 1
+        release.wait(timeout=20)
+        with lock:
+            active -= 1
 
     for n in range(6):
         worker.send(f"m{n}")
-    handler = Recorder(meet_in_pairs)
+    handler = Recorder(hold_until_released)
     poller = worker.poller(handler, batch_size=1, maximum_concurrency=2).start()
-    assert poller.drain(timeout=30)
-    poller.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while poller.in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Both slots are taken; with a third slot the receiver would start another at once.
+        time.sleep(0.3)
+        assert (most_active, poller.in_flight) == (2, 2)
+        release.set()
+        assert poller.drain(timeout=30)
+    finally:
+        release.set()
+        poller.stop()
     assert most_active == 2
-    assert poller.stats.handler_errors == 0
     assert len(handler.records) == 6
     # moto's own request threads (keep-alive connections) may outlive a call; ours may not.
     left = [t.name for t in set(threading.enumerate()) - before]
@@ -478,3 +485,45 @@ def test_meterbridge_local_serves_the_real_webhook_and_stops_on_ctrl_c() -> None
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_endpoint_registered_with_the_emulator_signs_what_reaches_the_handler(
+    aws: MotoServer,
+) -> None:
+    """`meterbridge local`'s default path: the emulator's endpoint secret, set after start."""
+    import stripe
+
+    from meterbridge_local.cli import StripeTarget, register_webhook_endpoint
+    from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
+
+    verified: list[str] = []
+
+    def verifying_webhook(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        payload = base64.b64decode(event["body"])
+        stripe_event = stripe.Webhook.construct_event(
+            payload, event["headers"]["stripe-signature"], os.environ["STRIPE_WEBHOOK_SECRET"]
+        )
+        verified.append(stripe_event["type"])
+        return {"statusCode": 200, "body": ""}
+
+    emulator = StripeEmulator(EmulatorConfig()).start()
+    try:
+        with LocalStack(
+            aws=aws,
+            stack_name=f"emu-{uuid.uuid4().hex[:8]}",
+            handlers={"WebhookFunction": verifying_webhook, "WorkerFunction": Recorder()},
+            stripe_api_base=emulator.url,
+            stripe_api_key="sk_test_emu",
+        ) as stack:
+            target = StripeTarget(emulator.url, "sk_test_emu", None, "billing emulator")
+            secret = register_webhook_endpoint(target, stack.webhook_url)
+            stack.set_environment({"STRIPE_WEBHOOK_SECRET": secret})
+            client = stripe.StripeClient("sk_test_emu", base_addresses={"api": emulator.url})
+            client.v1.customers.create({"name": "Acme"})
+            deadline = time.monotonic() + 10
+            while "customer.created" not in verified and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        emulator.stop()
+    assert secret.startswith("whsec_")
+    assert "customer.created" in verified
