@@ -88,9 +88,7 @@ def run_local(
             raise CliError(f"cannot listen on port {args.port}: {exc.strerror}") from exc
         try:
             if target.webhook_secret is None:
-                stack.set_environment(
-                    {"STRIPE_WEBHOOK_SECRET": register_webhook_endpoint(target, stack.webhook_url)}
-                )
+                stack.register_webhook_endpoint()
             _print_summary(out, stack, target, emulator_url)
             with _stop_on_signals(stop):
                 stop.wait()
@@ -139,19 +137,6 @@ def _stripe(
         yield target, emulator.url
     finally:
         emulator.stop()
-
-
-def register_webhook_endpoint(target: StripeTarget, webhook_url: str) -> str:
-    """Register the local webhook URL with a Stripe-compatible server; its secret signs."""
-    import stripe
-
-    base = target.api_base or "https://api.stripe.com"
-    client = stripe.StripeClient(target.api_key, base_addresses={"api": base, "meter_events": base})
-    endpoint = client.v1.webhook_endpoints.create({"url": webhook_url, "enabled_events": ["*"]})
-    secret = endpoint.secret
-    if not secret:
-        raise CliError(f"{base} returned no webhook signing secret")
-    return secret
 
 
 def _print_summary(

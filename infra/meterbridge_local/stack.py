@@ -96,7 +96,9 @@ class LocalStack:
             stack_name=self.stack_name,
         )
         self.set_environment(self._function_environment())
-        for key in _DEPLOY_ONLY_VARIABLES:
+        # No Secrets Manager locally; no base means real Stripe, whatever the shell says.
+        unset = [*_DEPLOY_ONLY_VARIABLES, *([] if self.stripe_api_base else ["STRIPE_API_BASE"])]
+        for key in unset:
             self._saved_environ.setdefault(key, os.environ.pop(key, None))
         http_functions = self.resources.functions_with_http_routes()
         if len(http_functions) > 1:
@@ -155,6 +157,26 @@ class LocalStack:
                 self._saved_environ[key] = os.environ.get(key)
             os.environ[key] = value
             self.environment[key] = value
+
+    def register_webhook_endpoint(self, enabled_events: tuple[str, ...] = ("*",)) -> str:
+        """Register the webhook URL with the configured Stripe (emulator or other server)
+        through the real SDK, and use the endpoint's signing secret. Call it before the
+        first webhook arrives; returns the secret."""
+        import stripe  # only needed on this path
+
+        if not self.stripe_api_key:
+            raise RuntimeError("registering a webhook endpoint needs stripe_api_key")
+        base = self.stripe_api_base or "https://api.stripe.com"
+        client = stripe.StripeClient(
+            self.stripe_api_key, base_addresses={"api": base, "meter_events": base}
+        )
+        params: Any = {"url": self.webhook_url, "enabled_events": list(enabled_events)}
+        endpoint = client.v1.webhook_endpoints.create(params)
+        if not endpoint.secret:
+            raise RuntimeError(f"{base} returned no webhook signing secret")
+        self.webhook_secret = endpoint.secret
+        self.set_environment({"STRIPE_WEBHOOK_SECRET": endpoint.secret})
+        return endpoint.secret
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Run every poller until its queue is empty and nothing is in flight."""

@@ -493,7 +493,6 @@ def test_endpoint_registered_with_the_emulator_signs_what_reaches_the_handler(
     """`meterbridge local`'s default path: the emulator's endpoint secret, set after start."""
     import stripe
 
-    from meterbridge_local.cli import StripeTarget, register_webhook_endpoint
     from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
 
     verified: list[str] = []
@@ -515,9 +514,7 @@ def test_endpoint_registered_with_the_emulator_signs_what_reaches_the_handler(
             stripe_api_base=emulator.url,
             stripe_api_key="sk_test_emu",
         ) as stack:
-            target = StripeTarget(emulator.url, "sk_test_emu", None, "billing emulator")
-            secret = register_webhook_endpoint(target, stack.webhook_url)
-            stack.set_environment({"STRIPE_WEBHOOK_SECRET": secret})
+            secret = stack.register_webhook_endpoint()
             client = stripe.StripeClient("sk_test_emu", base_addresses={"api": emulator.url})
             client.v1.customers.create({"name": "Acme"})
             deadline = time.monotonic() + 10
