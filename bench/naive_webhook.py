@@ -2,10 +2,14 @@
 
 It does the same work (verify with the stripe SDK over any of the secrets, filter the
 type, SendMessage with the same attributes, Logger/Metrics/Tracer) the way a first
-version usually looks: stripe, boto3 and Powertools with its utilities imported at top
-level "because we may need them", the SQS client built at import, and
-`stripe.Webhook.construct_event`, which parses the whole event into a StripeObject.
-Only the `validation` utility is left out: it needs `fastjsonschema`, not installed.
+version usually looks: stripe, boto3 and all of Powertools imported at top level "because
+we may need them", the SQS client built at import, and `stripe.Webhook.construct_event`,
+which parses the whole event into a StripeObject. "All of Powertools" is every utility
+that imports with meterbridge's dependencies except the experimental `auth_alpha`;
+`validation` is left out because it needs `fastjsonschema`, which meterbridge does not
+install. With NAIVE_POWERTOOLS=listed only
+the utilities issue 2 names (parameters, batch, idempotency, parser, event_handler,
+data_classes) are imported: the benchmark reports that lighter baseline too.
 """
 
 import json
@@ -26,6 +30,16 @@ from aws_lambda_powertools.utilities.idempotency import (  # noqa: F401
 )
 from aws_lambda_powertools.utilities.parser import BaseModel, parse  # noqa: F401
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+if os.environ.get("NAIVE_POWERTOOLS") != "listed":
+    from aws_lambda_powertools.event_handler.openapi.models import OpenAPI  # noqa: F401
+    from aws_lambda_powertools.utilities.circuit_breaker import circuit_breaker  # noqa: F401
+    from aws_lambda_powertools.utilities.data_masking import DataMasking  # noqa: F401
+    from aws_lambda_powertools.utilities.feature_flags import FeatureFlags  # noqa: F401
+    from aws_lambda_powertools.utilities.jmespath_utils import query  # noqa: F401
+    from aws_lambda_powertools.utilities.kafka import kafka_consumer  # noqa: F401
+    from aws_lambda_powertools.utilities.metadata import get_lambda_metadata  # noqa: F401
+    from aws_lambda_powertools.utilities.streaming import S3Object  # noqa: F401
 
 logger = Logger(service="naive-webhook")
 metrics = Metrics(namespace="NaiveWebhook", service="naive-webhook")
