@@ -183,15 +183,17 @@ class Worker:
             },
         )
 
-    def poller(self, handler: Recorder, **changes: Any) -> SqsPoller:
+    def poller(
+        self, handler: Recorder, visibility_timeout: int | None = None, **changes: Any
+    ) -> SqsPoller:
+        """`visibility_timeout=1` makes failed records reappear after 1 s, not 360 s."""
         source = dataclasses.replace(self.definition.sqs_event_sources[0], **changes)
-        # Failed records reappear after 1 s instead of the queue's 360 s.
         return SqsPoller(
             handler,
             source,
             function=FunctionConfig.of(self.definition),
             endpoint_url=self.sqs.meta.endpoint_url,
-            visibility_timeout=1,
+            visibility_timeout=visibility_timeout,
         )
 
     def dlq_bodies(self) -> list[str]:
@@ -264,7 +266,7 @@ def test_batch_item_failures_reappear_and_successes_are_deleted(worker: Worker) 
     for body in ("ok-1", "flaky-1", "ok-2", "flaky-2"):
         worker.send(body)
     handler = Recorder(fail_first_delivery_of_flaky)
-    assert worker.poller(handler).drain(timeout=30)
+    assert worker.poller(handler, visibility_timeout=1).drain(timeout=30)
     assert (handler.deliveries("ok-1"), handler.deliveries("ok-2")) == (1, 1)
     assert (handler.deliveries("flaky-1"), handler.deliveries("flaky-2")) == (2, 2)
     redelivered = [r for r in handler.records if r["body"].startswith("flaky")][-1]
@@ -283,7 +285,7 @@ def test_a_raising_handler_gets_the_whole_batch_again(worker: Worker) -> None:
     for body in ("a", "b", "c"):
         worker.send(body)
     handler = Recorder(raise_once)
-    poller = worker.poller(handler)
+    poller = worker.poller(handler, visibility_timeout=1)
     assert poller.drain(timeout=30)
     assert calls[0] == 3
     assert all(handler.deliveries(body) == 2 for body in ("a", "b", "c"))
@@ -303,7 +305,7 @@ def test_a_record_failing_max_receive_count_times_lands_in_the_dlq(worker: Worke
     worker.send("poison")
     worker.send("fine")
     handler = Recorder(reject_poison)
-    assert worker.poller(handler).drain(timeout=30)
+    assert worker.poller(handler, visibility_timeout=1).drain(timeout=30)
     # moto applies the queue's RedrivePolicy on receive, as SQS does: after 2 receives.
     assert handler.deliveries("poison") == 2
     assert handler.deliveries("fine") == 1
