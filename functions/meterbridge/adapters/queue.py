@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -30,7 +30,9 @@ class SqsQueue:
 
     def __init__(self, queue_url: str, client: "SQSClient | None" = None):
         self._queue_url = queue_url
-        self._client: Any = client or boto3.client(
+        # botocore's session builds the same client boto3.client("sqs") returns (boto3 only
+        # wraps it), without importing boto3 and s3transfer: ~30 ms of every cold start.
+        self._client: Any = client or botocore.session.get_session().create_client(
             "sqs",
             config=Config(
                 connect_timeout=2, read_timeout=3, retries={"max_attempts": 2, "mode": "standard"}
