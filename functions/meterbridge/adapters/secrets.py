@@ -4,6 +4,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from meterbridge.adapters.aws_clients import aws_client
 from meterbridge.errors import SettingsError, TransientError
 from meterbridge.settings import StripeCredentialSettings
 
@@ -39,15 +40,18 @@ class SecretsManagerSecrets:
     """AWS: one JSON secret, fetched through Powertools Parameters and cached for `max_age`."""
 
     def __init__(self, secret_arn: str, max_age_seconds: int = 300):
+        from aws_lambda_powertools.utilities import parameters  # local runs never pay this
+
         self._arn = secret_arn
         self._max_age = max_age_seconds
+        self._errors = (parameters.exceptions.GetParameterError,)
+        # On the container's shared session: Parameters' own would load botocore's data twice.
+        self._provider = parameters.SecretsProvider(boto3_client=aws_client("secretsmanager"))
 
     def stripe_secrets(self) -> StripeSecrets:
-        from aws_lambda_powertools.utilities import parameters  # only deployed functions pay this
-
         try:
-            raw: Any = parameters.get_secret(self._arn, max_age=self._max_age)
-        except parameters.exceptions.GetParameterError as exc:
+            raw: Any = self._provider.get(self._arn, max_age=self._max_age)
+        except self._errors as exc:
             raise TransientError(f"cannot read secret {self._arn}: {exc}") from exc
         return parse_secret_json(raw if isinstance(raw, str) else raw.decode())
 
