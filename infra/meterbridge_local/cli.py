@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TextIO
 
 from meterbridge_local.aws import LOCAL_AWS_ENVIRONMENT
+from meterbridge_local.demo import register_demo
 from meterbridge_local.stack import LocalStack
 
 EMULATOR_API_KEY = "sk_test_meterbridge_local"  # the emulator accepts any sk_test_ key
@@ -187,6 +188,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 SUBCOMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     register_local,
+    register_demo,
 ]
 
 
