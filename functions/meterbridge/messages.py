@@ -4,6 +4,10 @@ Body: the verified Stripe event exactly as Stripe sent it, or — when it is too
 the queue — just its envelope, which the worker completes by fetching the event from
 Stripe. Message attributes repeat the envelope's key facts so operators and filters can
 read them without parsing bodies.
+
+The worker also queues its own delayed "confirm" messages (body_kind `confirm`): a later
+look at Stripe's aggregates for one invoice's reports, so that waiting for Stripe never
+blocks a Lambda (SQS DelaySeconds, at most 15 minutes, is the timer).
 """
 
 import json
@@ -11,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-BodyKind = Literal["event", "envelope"]
+BodyKind = Literal["event", "envelope", "confirm"]
+CONFIRM = "confirm"
 
 ATTR_EVENT_ID = "stripe_event_id"
 ATTR_EVENT_TYPE = "stripe_event_type"
@@ -80,3 +85,31 @@ def read_body(body: str, body_kind: str) -> tuple[EventEnvelope, dict[str, Any] 
     if body_kind == "envelope" or "meterbridge_envelope" in document:
         return EventEnvelope.model_validate(document["meterbridge_envelope"]), None
     return EventEnvelope.from_event(document), document
+
+
+class ConfirmRequest(BaseModel):
+    """Look again whether Stripe counts an invoice's reports (and release a held draft)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    invoice_id: str
+    customer_id: str
+    check: int = 1  # this check's number: the back-off grows with it
+    livemode: bool = False
+
+
+def confirm_body(request: ConfirmRequest) -> str:
+    return json.dumps({"meterbridge_confirm": request.model_dump()}, separators=(",", ":"))
+
+
+def confirm_attributes(request: ConfirmRequest) -> dict[str, str]:
+    return {
+        ATTR_EVENT_ID: f"confirm:{request.invoice_id}:{request.check}",
+        ATTR_EVENT_TYPE: "meterbridge.confirm",
+        ATTR_LIVEMODE: "true" if request.livemode else "false",
+        ATTR_BODY_KIND: CONFIRM,
+    }
+
+
+def read_confirm(body: str) -> ConfirmRequest:
+    return ConfirmRequest.model_validate(json.loads(body)["meterbridge_confirm"])

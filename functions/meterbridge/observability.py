@@ -1,6 +1,9 @@
 """The one place that creates Powertools objects; everything else imports these."""
 
+import threading
+
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = "meterbridge"
 METRICS_NAMESPACE = "Meterbridge"
@@ -11,3 +14,11 @@ metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
 # requests (stripe SDK, HTTP usage source); patching only those two skips importing and
 # wrapping the rest of the X-Ray SDK's list (sqlite3, http.client, …) at every cold start.
 tracer = Tracer(service=SERVICE, patch_modules=("botocore", "requests"))
+
+_metrics_lock = threading.Lock()
+
+
+def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
+    """Powertools Metrics is not thread-safe; records of a batch run in parallel."""
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=unit, value=value)

@@ -6,7 +6,7 @@ meter event → ledger sent/late. The ledger claim is keyed on the report identi
 on the event id, because Stripe may send two events for one invoice.
 """
 
-import threading
+import json
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -30,22 +30,18 @@ from meterbridge.domain.reports import (
     usage_value,
 )
 from meterbridge.errors import PermanentError, TransientError
+from meterbridge.guard import InvoiceGuard
 from meterbridge.messages import EventEnvelope
-from meterbridge.observability import logger, metrics
+from meterbridge.observability import count, logger
+
+__all__ = ["EventOutcome", "ReportingPolicy", "UsageReporter", "count"]
 
 INVOICE_CREATED = "invoice.created"
-# Handled by later work (reconciliation, meter error reports): acknowledged and counted now.
-ACKNOWLEDGED_EVENT_TYPES = frozenset(
-    {"invoice.finalized", "v1.billing.meter.error_report_triggered"}
+INVOICE_FINALIZED = "invoice.finalized"
+# Thin events: Stripe's asynchronous verdicts on meter events already accepted with a 200.
+METER_ERROR_EVENT_TYPES = frozenset(
+    {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
 )
-
-_metrics_lock = threading.Lock()
-
-
-def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
-    """Powertools Metrics is not thread-safe; records of a batch run in parallel."""
-    with _metrics_lock:
-        metrics.add_metric(name=name, unit=unit, value=value)
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class EventOutcome:
 
     event_id: str
     event_type: str
-    result: str  # reported | skipped | duplicate_event | acknowledged | ignored
+    result: str  # reported | skipped | duplicate_event | reconciled | mismatch | … | ignored
     reason: str | None = None
     reports: dict[str, str] = field(default_factory=dict)  # identifier → status
 
@@ -80,16 +76,19 @@ class UsageReporter:
         usage_source: UsageSource,
         policy: ReportingPolicy,
         clock: Callable[[], float] = time.time,
+        *,
+        guard: InvoiceGuard | None = None,
     ):
         self._gateway = gateway
         self._ledger = ledger
         self._usage = usage_source
         self._policy = policy
-        self._clock = clock
+        self.clock = clock
+        self.guard = guard
 
     def handle(self, envelope: EventEnvelope, event: dict[str, Any] | None) -> EventOutcome:
         """Process one queued Stripe event; raises TransientError / PermanentError to retry."""
-        now = int(self._clock())
+        now = int(self.clock())
         if self._ledger.event_seen(envelope.id, now):
             count("DuplicateEvents")
             return EventOutcome(envelope.id, envelope.type, "duplicate_event")
@@ -101,13 +100,19 @@ class UsageReporter:
                 raise PermanentError(f"event {envelope.id} carries no invoice")
             outcome = self.report_invoice(document, now)
             outcome.event_id, outcome.event_type = envelope.id, envelope.type
-        elif envelope.type in ACKNOWLEDGED_EVENT_TYPES:
-            logger.info(
-                "event acknowledged; its handling is not implemented yet",
-                extra={"stripe_event_id": envelope.id, "stripe_event_type": envelope.type},
-            )
-            count("EventsAcknowledged")
-            outcome = EventOutcome(envelope.id, envelope.type, "acknowledged")
+        elif envelope.type == INVOICE_FINALIZED and self.guard is not None:
+            if event is None:
+                event = self._gateway.event(envelope.id)
+            document = (event.get("data") or {}).get("object")
+            if not isinstance(document, dict):
+                raise PermanentError(f"event {envelope.id} carries no invoice")
+            outcome = EventOutcome(envelope.id, envelope.type, self.guard.reconcile(document, now))
+        elif envelope.type in METER_ERROR_EVENT_TYPES and self.guard is not None:
+            # The queued body is the thin notification as Stripe signed it (already verified).
+            notification = json.dumps(event) if event is not None else None
+            matched = self.guard.meter_errors(envelope.id, notification, now)
+            outcome = EventOutcome(envelope.id, envelope.type, "meter_errors_recorded")
+            outcome.reason = f"{matched} report(s) marked failed"
         else:
             logger.info("event type ignored", extra={"stripe_event_type": envelope.type})
             outcome = EventOutcome(envelope.id, envelope.type, "ignored")
@@ -146,12 +151,15 @@ class UsageReporter:
             logger.info("invoice skipped", extra={**context, "reason": reason})
             return EventOutcome("", "", "skipped", reason=reason)
 
+        if self.guard is not None:
+            self.guard.hold(invoice, now)
+        clock_offset = self._clock_offset(invoice, now)
         statuses: dict[str, str] = {}
         transient: list[str] = []
         permanent: list[str] = []
         for plan in plans:
             try:
-                statuses[plan.identifier] = self._report(plan, tenant, now)
+                statuses[plan.identifier] = self._report(plan, tenant, now, clock_offset)
             except TransientError as error:
                 statuses[plan.identifier] = "retry"
                 transient.append(f"{plan.identifier}: {error}")
@@ -167,12 +175,28 @@ class UsageReporter:
             now=now,
             report_count=len(plans),
         )
+        if self.guard is not None:
+            # Also after failures: a held draft must reach its release check even if the
+            # reports keep failing until the event lands in the dead-letter queue.
+            self.guard.start_confirmation(invoice, now)
         # Sent reports are skipped on retry, so retrying the whole event is safe.
         if transient:
             raise TransientError("; ".join(transient))
         if permanent:
             raise PermanentError("; ".join(permanent))
         return EventOutcome("", "", "reported", reports=statuses)
+
+    def _clock_offset(self, invoice: Invoice, now: int) -> int:
+        """Lateness is judged on the invoice's clock: a test clock runs weeks in the past."""
+        if self.guard is None or not invoice.test_clock:
+            return 0
+        try:
+            return self.guard.invoice_now(invoice, now) - now
+        except PermanentError as error:  # the clock is gone: judge by real time
+            logger.warning(
+                "test clock unreadable", extra={"invoice_id": invoice.id, "reason": str(error)}
+            )
+            return 0
 
     def _plan(self, invoice: Invoice) -> list[PlannedReport]:
         lines = list(invoice.lines)
@@ -209,7 +233,9 @@ class UsageReporter:
             )
         return str(tenant)
 
-    def _report(self, plan: PlannedReport, tenant: str | None, now: int) -> str:
+    def _report(
+        self, plan: PlannedReport, tenant: str | None, now: int, clock_offset: int = 0
+    ) -> str:
         context = {
             "invoice_id": plan.invoice_id,
             "customer_id": plan.customer_id,
@@ -234,8 +260,8 @@ class UsageReporter:
         except (TransientError, PermanentError) as error:
             self._fail(claim, error, now, context)
             raise
-        sent_at = int(self._clock())
-        late = is_late(sent_at, plan.finalizes_at)
+        sent_at = int(self.clock())
+        late = is_late(sent_at + clock_offset, plan.finalizes_at)
         self._ledger.mark_sent(
             claim,
             late=late,

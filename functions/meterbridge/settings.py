@@ -112,6 +112,14 @@ class WorkerSettings(StripeCredentialSettings):
     report_lease_seconds: int = Field(120, alias="REPORT_LEASE_SECONDS", gt=0)
     retry_backoff_base_seconds: int = Field(30, alias="RETRY_BACKOFF_BASE_SECONDS", ge=0)
     retry_backoff_max_seconds: int = Field(900, alias="RETRY_BACKOFF_MAX_SECONDS", ge=0, le=43_200)
+    # Invoice guard (README, "Invoice guard"; docs/guard.md).
+    invoice_guard: Literal["off", "confirm", "hold"] = Field("confirm", alias="INVOICE_GUARD")
+    # Stripe waits at most 72 h for webhooks and allows at most a 72 h grace period.
+    hold_limit_seconds: int = Field(86_400, alias="HOLD_LIMIT_SECONDS", gt=0, lt=259_200)
+    confirmation_margin_seconds: int = Field(900, alias="CONFIRMATION_MARGIN_SECONDS", ge=0)
+    confirm_delay_seconds: int = Field(60, alias="CONFIRM_DELAY_SECONDS", ge=0, le=900)
+    confirm_max_delay_seconds: int = Field(900, alias="CONFIRM_MAX_DELAY_SECONDS", ge=0, le=900)
+    confirm_max_checks: int = Field(200, alias="CONFIRM_MAX_CHECKS", ge=1)
 
     @field_validator("tenant_metadata_key", "stripe_api_base", "queue_url", mode="before")
     @classmethod
@@ -119,7 +127,7 @@ class WorkerSettings(StripeCredentialSettings):
         """SAM passes unset parameters as empty strings."""
         return None if value == "" else value
 
-    @field_validator("meter_event_api", mode="before")
+    @field_validator("meter_event_api", "invoice_guard", mode="before")
     @classmethod
     def _api_in_lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -19,6 +19,20 @@ Report items also hold: identifier, subscription_item_id, meter_id, meter_event_
 period_start, period_end, value (decimal text), timestamp, status, failure_class,
 last_error, attempts, lease_expires_at, stripe_request_id, finalizes_at, sent_at,
 duplicate, livemode, updated_at.
+
+The invoice guard adds (times are unix seconds; `*_at` by the worker's clock, `hold_*`
+and `scheduled_finalization_at` by the invoice's clock — its test clock, if any):
+- report: confirmation_status (pending | confirmed | missing), confirmation_checks,
+  confirmation_checked_at, confirmed_at, confirmation_missing_at, confirmation_observed
+  (Stripe's summary for the report's window, decimal text), confirmation_expected (what
+  the ledger says that window should hold); reconciliation_status (reconciled | mismatch),
+  invoiced_quantity, expected_quantity (decimal text), reconciled_at; for Stripe's
+  asynchronous rejections: status = failed, failure_class = rejected, stripe_error_code,
+  stripe_error_event_id, last_error.
+- invoice: guard_mode, hold_status (holding | held | released | released_at_limit |
+  not_held), hold_reason, held_at, hold_deadline, scheduled_finalization_at, released_at,
+  release_action (auto_advance | finalize | none); reconciliation_status (reconciled |
+  mismatch | not_reported), reconciled_lines, mismatched_lines, reconciled_at.
 """
 
 from collections.abc import Iterator
@@ -72,6 +86,8 @@ class ReportStatus(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
 
+
+REJECTED = "rejected"  # failure_class of a report Stripe refused asynchronously
 
 DONE_STATUSES = frozenset({ReportStatus.SENT, ReportStatus.LATE, ReportStatus.SKIPPED})
 
@@ -151,6 +167,7 @@ class Ledger:
             ":identifier": report.identifier,
             ":created": iso(now),
             ":livemode": report.livemode,
+            ":rejected": REJECTED,
         }
         try:
             answer = self._dynamo(
@@ -170,7 +187,10 @@ class Ledger:
                     ConditionExpression=(
                         "attribute_not_exists(pk) OR (#status <> :sent AND #status <> :late"
                         " AND #status <> :skipped"
-                        " AND (#status <> :pending OR lease_expires_at < :now))"
+                        " AND (#status <> :pending OR lease_expires_at < :now)"
+                        # Stripe rejected this identifier asynchronously: sending it again
+                        # would only be refused as a duplicate. A fix needs a new revision.
+                        " AND (attribute_not_exists(failure_class) OR failure_class <> :rejected))"
                     ),
                     ExpressionAttributeNames={"#status": "status"},
                     ExpressionAttributeValues=_encode(values),
@@ -180,7 +200,7 @@ class Ledger:
             )
         except _ConditionFailed:
             current = self.report(report.identifier) or {}
-            if current.get("status") in DONE_STATUSES:
+            if current.get("status") in DONE_STATUSES or current.get("failure_class") == REJECTED:
                 return None
             raise ReportInFlight(
                 f"report {report.identifier} is being sent by another worker (lease until"
@@ -300,17 +320,219 @@ class Ledger:
         now: int,
         report_count: int = 0,
     ) -> None:
-        item = {
-            PARTITION_KEY: f"{INVOICE}#{invoice_id}",
-            SORT_KEY: INVOICE,
-            INVOICE_ID: invoice_id,
-            CUSTOMER_ID: customer_id,
-            CREATED_AT: iso(now),
-            "status": status,
-            "reason": reason,
-            "report_count": report_count,
+        """Set the invoice's reporting outcome; guard attributes on the item stay."""
+        self.update_invoice(
+            invoice_id,
+            customer_id,
+            {"status": status, "reason": reason, "report_count": report_count},
+            now,
+        )
+
+    def update_invoice(
+        self, invoice_id: str, customer_id: str, fields: dict[str, Any], now: int
+    ) -> None:
+        """SET the given attributes (None removes one) on the invoice's item, creating it."""
+        names = {"#created": CREATED_AT, "#invoice": INVOICE_ID, "#customer": CUSTOMER_ID}
+        values: dict[str, Any] = {
+            ":created": iso(now),
+            ":invoice": invoice_id,
+            ":customer": customer_id,
         }
-        self._dynamo(lambda: self._client.put_item(TableName=self._table, Item=_encode(item)))
+        sets = [
+            "#created = if_not_exists(#created, :created)",
+            "#invoice = :invoice",
+            "#customer = :customer",
+            "updated_at = :created",
+        ]
+        removes = []
+        for index, (name, value) in enumerate(sorted(fields.items())):
+            names[f"#f{index}"] = name
+            if value is None:
+                removes.append(f"#f{index}")
+            else:
+                values[f":f{index}"] = value
+                sets.append(f"#f{index} = :f{index}")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        self._dynamo(
+            lambda: self._client.update_item(
+                TableName=self._table,
+                Key=_encode({PARTITION_KEY: f"{INVOICE}#{invoice_id}", SORT_KEY: INVOICE}),
+                UpdateExpression=expression,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_encode(values),
+            )
+        )
+
+    def begin_hold(
+        self,
+        invoice_id: str,
+        customer_id: str,
+        *,
+        hold_deadline: int,
+        scheduled_finalization_at: int | None,
+        now: int,
+    ) -> bool:
+        """Record that meterbridge holds this draft, before asking Stripe to.
+
+        True when the hold is (already) ours. The record comes first so that a retry, which
+        finds `auto_advance=false` on the invoice, knows meterbridge set it and will release
+        it; a draft someone else set to manual is never ours to finalize.
+        """
+        values = {
+            ":holding": "holding",
+            ":held": "held",
+            ":invoice": invoice_id,
+            ":customer": customer_id,
+            ":created": iso(now),
+            ":now": now,
+            ":deadline": hold_deadline,
+            ":scheduled": scheduled_finalization_at,
+        }
+        scheduled = (
+            ", scheduled_finalization_at = :scheduled"
+            if scheduled_finalization_at is not None
+            else ""
+        )
+        try:
+            self._dynamo(
+                lambda: self._client.update_item(
+                    TableName=self._table,
+                    Key=_encode({PARTITION_KEY: f"{INVOICE}#{invoice_id}", SORT_KEY: INVOICE}),
+                    UpdateExpression=(
+                        "SET hold_status = :holding, held_at = if_not_exists(held_at, :now),"
+                        " hold_deadline = :deadline, invoice_id = :invoice,"
+                        " customer_id = :customer, created_at = if_not_exists(created_at,"
+                        " :created), updated_at = :created" + scheduled
+                    ),
+                    ConditionExpression=(
+                        "attribute_not_exists(hold_status) OR hold_status IN (:holding, :held)"
+                    ),
+                    ExpressionAttributeValues=_encode(
+                        {k: v for k, v in values.items() if v is not None}
+                    ),
+                ),
+                conditional=True,
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
+    def invoice_reports(self, invoice_id: str) -> list[dict[str, Any]]:
+        return [item for item in self.invoice_items(invoice_id) if item.get(SORT_KEY) == REPORT]
+
+    def customer_reports(self, customer_id: str, since: int) -> list[dict[str, Any]]:
+        """The customer's reports claimed at or after `since` (the by_customer index)."""
+        return [
+            item
+            for item in self._query(
+                BY_CUSTOMER_INDEX, CUSTOMER_ID, customer_id, sort_at_least=(CREATED_AT, iso(since))
+            )
+            if item.get(SORT_KEY) == REPORT
+        ]
+
+    # --- guard: confirmation, reconciliation, Stripe's asynchronous rejections ------------
+
+    def record_confirmation(
+        self,
+        identifier: str,
+        *,
+        status: str,
+        observed: Decimal,
+        expected: Decimal,
+        now: int,
+    ) -> str | None:
+        """Write one confirmation check's verdict; answers the status it replaces."""
+        extra = ""
+        if status == "confirmed":
+            extra = ", confirmed_at = if_not_exists(confirmed_at, :now)"
+        elif status == "missing":
+            extra = ", confirmation_missing_at = if_not_exists(confirmation_missing_at, :now)"
+        try:
+            answer = self._dynamo(
+                lambda: self._client.update_item(
+                    TableName=self._table,
+                    Key=_encode(report_key(identifier)),
+                    UpdateExpression=(
+                        "SET confirmation_status = :status, confirmation_observed = :observed,"
+                        " confirmation_expected = :expected, confirmation_checked_at = :now,"
+                        " confirmation_checks = if_not_exists(confirmation_checks, :zero) + :one"
+                        + extra
+                    ),
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeValues=_encode(
+                        {
+                            ":status": status,
+                            ":observed": str(observed),
+                            ":expected": str(expected),
+                            ":now": now,
+                            ":zero": 0,
+                            ":one": 1,
+                        }
+                    ),
+                    ReturnValues="UPDATED_OLD",
+                ),
+                conditional=True,
+            )
+        except _ConditionFailed:
+            return None
+        previous = _decode(answer.get("Attributes") or {})
+        return previous.get("confirmation_status")
+
+    def record_reconciliation(
+        self, identifier: str, *, status: str, invoiced: Decimal, expected: Decimal, now: int
+    ) -> None:
+        self._dynamo(
+            lambda: self._client.update_item(
+                TableName=self._table,
+                Key=_encode(report_key(identifier)),
+                UpdateExpression=(
+                    "SET reconciliation_status = :status, invoiced_quantity = :invoiced,"
+                    " expected_quantity = :expected, reconciled_at = :now"
+                ),
+                ExpressionAttributeValues=_encode(
+                    {
+                        ":status": status,
+                        ":invoiced": str(invoiced),
+                        ":expected": str(expected),
+                        ":now": now,
+                    }
+                ),
+            )
+        )
+
+    def mark_rejected(
+        self, identifier: str, *, code: str, message: str, event_id: str, now: int
+    ) -> bool:
+        """Stripe refused a sent report asynchronously (a meter error report): it is failed,
+        whatever its status said. False when the identifier is not a ledger report."""
+        try:
+            self._dynamo(
+                lambda: self._client.update_item(
+                    TableName=self._table,
+                    Key=_encode(report_key(identifier)),
+                    UpdateExpression=(
+                        "SET #status = :failed, failure_class = :class, stripe_error_code = :code,"
+                        " stripe_error_event_id = :event, last_error = :message,"
+                        " updated_at = :updated REMOVE lease_expires_at"
+                    ),
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeNames={"#status": "status"},
+                    ExpressionAttributeValues=_encode(
+                        {
+                            ":failed": ReportStatus.FAILED.value,
+                            ":class": REJECTED,
+                            ":code": code,
+                            ":event": event_id,
+                            ":message": message[:1000],
+                            ":updated": iso(now),
+                        }
+                    ),
+                ),
+                conditional=True,
+            )
+        except _ConditionFailed:
+            return False
+        return True
 
     def invoice(self, invoice_id: str) -> dict[str, Any] | None:
         found = self._dynamo(
@@ -349,7 +571,16 @@ class Ledger:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _query(self, index: str, key: str, value: str) -> Iterator[dict[str, Any]]:
+    def _query(
+        self, index: str, key: str, value: str, sort_at_least: tuple[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        condition = "#key = :value"
+        names = {"#key": key}
+        values = {":value": {"S": value}}
+        if sort_at_least is not None:
+            condition += " AND #sort >= :sort"
+            names["#sort"] = sort_at_least[0]
+            values[":sort"] = {"S": sort_at_least[1]}
         start: dict[str, Any] | None = None
         while True:
             extra: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
@@ -357,9 +588,9 @@ class Ledger:
                 lambda extra=extra: self._client.query(
                     TableName=self._table,
                     IndexName=index,
-                    KeyConditionExpression="#key = :value",
-                    ExpressionAttributeNames={"#key": key},
-                    ExpressionAttributeValues={":value": {"S": value}},
+                    KeyConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
                     **extra,
                 )
             )

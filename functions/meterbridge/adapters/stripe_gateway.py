@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import stripe
@@ -106,7 +107,59 @@ class StripeGateway:
             "meter", meter_id, lambda: self._client.v1.billing.meters.retrieve(meter_id).to_dict()
         )
 
+    def invoice(self, invoice_id: str) -> dict[str, Any]:
+        return self._call(lambda: self._client.v1.invoices.retrieve(invoice_id)).to_dict()
+
+    def test_clock_time(self, clock_id: str) -> int:
+        """A test clock's frozen time: 'now' for the invoices of its customers."""
+        clock = self._call(lambda: self._client.v1.test_helpers.test_clocks.retrieve(clock_id))
+        return int(clock.frozen_time)
+
+    def meter_usage(self, meter_id: str, customer_id: str, start: int, end: int) -> Decimal:
+        """The meter's aggregated value for one customer over [start, end) (whole minutes)."""
+        params: Any = {"customer": customer_id, "start_time": start, "end_time": end}
+        page = self._call(
+            lambda: self._client.v1.billing.meters.event_summaries.list(meter_id, params)
+        )
+        return sum((Decimal(str(summary.aggregated_value)) for summary in page.data), Decimal(0))
+
+    def thin_event(self, notification: str | None, event_id: str) -> dict[str, Any]:
+        """The full v2 event behind a thin notification (its signature was checked by the
+        webhook, so the SDK's without-verification parser is the right door), or, when only
+        the envelope travelled, the event fetched by id."""
+        if notification is not None:
+            parsed = self._client.parse_event_notification_without_verification(notification)
+            fetched: Any = self._call(parsed.fetch_event)
+        else:
+            fetched = self._call(lambda: self._client.v2.core.events.retrieve(event_id))
+        return dict(fetched.to_dict())
+
     # --- writes ------------------------------------------------------------------------
+
+    def hold_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """auto_advance=false: Stripe will not finalize the draft until told (STRIPE.md)."""
+        return self._call(
+            lambda: self._client.v1.invoices.update(
+                invoice_id, {"auto_advance": False}, {"idempotency_key": f"mb-hold-{invoice_id}"}
+            )
+        ).to_dict()
+
+    def resume_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """auto_advance=true again: Stripe finalizes on its own schedule."""
+        return self._call(
+            lambda: self._client.v1.invoices.update(
+                invoice_id,
+                {"auto_advance": True},
+                {"idempotency_key": f"mb-resume-{invoice_id}"},
+            )
+        ).to_dict()
+
+    def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
+        return self._call(
+            lambda: self._client.v1.invoices.finalize_invoice(
+                invoice_id, {}, {"idempotency_key": f"mb-finalize-{invoice_id}"}
+            )
+        ).to_dict()
 
     def create_meter_event(
         self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int

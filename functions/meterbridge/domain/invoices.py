@@ -9,6 +9,7 @@ were created with, so both shapes arrive in production and both are read here.
 """
 
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -97,6 +98,10 @@ class InvoiceLine(BaseModel):
     price_id: str | None = None
     # Present when the price came expanded on the line (pre-basil shape): saves a fetch.
     price: MeteredPrice | None = None
+    # What the line bills: `quantity_decimal` where Stripe sends it, else the integer
+    # `quantity` (then `quantity_is_integer`); None when the line has no quantity.
+    quantity: Decimal | None = None
+    quantity_is_integer: bool = False
 
     @classmethod
     def from_stripe(cls, line: Mapping[str, Any]) -> "InvoiceLine":
@@ -111,13 +116,28 @@ class InvoiceLine(BaseModel):
             if isinstance(price_reference, Mapping) and "recurring" in price_reference
             else None
         )
+        quantity, is_integer = _quantity_of(line)
         return cls(
             id=str(line.get("id")),
             period=ServicePeriod.model_validate(line.get("period")),
             subscription_item_id=_id_of(subscription_item),
             price_id=_id_of(price_reference),
             price=expanded,
+            quantity=quantity,
+            quantity_is_integer=is_integer,
         )
+
+
+def _quantity_of(line: Mapping[str, Any]) -> tuple[Decimal | None, bool]:
+    for key, is_integer in (("quantity_decimal", False), ("quantity", True)):
+        raw = line.get(key)
+        if raw is None or isinstance(raw, bool):
+            continue
+        try:
+            return Decimal(str(raw)), is_integer
+        except InvalidOperation:
+            continue
+    return None, False
 
 
 class Invoice(BaseModel):
@@ -132,6 +152,7 @@ class Invoice(BaseModel):
     subscription_id: str | None = None
     created: int
     automatically_finalizes_at: int | None = None
+    auto_advance: bool | None = None
     test_clock: str | None = None
     livemode: bool = False
     lines: tuple[InvoiceLine, ...] = ()
@@ -159,6 +180,7 @@ class Invoice(BaseModel):
             "subscription_id": _id_of(subscription),
             "created": invoice.get("created"),
             "automatically_finalizes_at": invoice.get("automatically_finalizes_at"),
+            "auto_advance": invoice.get("auto_advance"),
             "test_clock": _id_of(invoice.get("test_clock")),
             "livemode": bool(invoice.get("livemode")),
             "lines": tuple(InvoiceLine.from_stripe(line) for line in lines.get("data") or ()),

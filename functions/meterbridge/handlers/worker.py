@@ -21,13 +21,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 from pydantic import ValidationError
 
+from meterbridge.adapters.confirm_queue import SqsConfirmQueue
 from meterbridge.adapters.ledger import Ledger
 from meterbridge.adapters.message_visibility import SqsMessageVisibility, backoff_seconds
 from meterbridge.adapters.secrets import EnvironmentSecrets, secret_source
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import usage_source_from
 from meterbridge.errors import PermanentError, SettingsError
-from meterbridge.messages import ATTR_BODY_KIND, read_body
+from meterbridge.guard import GuardPolicy, InvoiceGuard
+from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, read_body, read_confirm
 from meterbridge.observability import logger, metrics, tracer
 from meterbridge.reporting import EventOutcome, ReportingPolicy, UsageReporter, count
 from meterbridge.settings import WorkerSettings, load_settings
@@ -73,6 +75,8 @@ class Worker:
         attribute: Any = record.raw_event.get("messageAttributes", {}).get(ATTR_BODY_KIND) or {}
         body_kind = attribute.get("stringValue") or "event"
         try:
+            if body_kind == CONFIRM:
+                return self._confirm(record)
             try:
                 envelope, full_event = read_body(record.body, body_kind)
             except (ValueError, KeyError, TypeError, ValidationError) as error:
@@ -105,6 +109,18 @@ class Worker:
             raise
         return outcome.result
 
+    def _confirm(self, record: SQSRecord) -> str:
+        """A delayed confirmation check the worker queued itself (InvoiceGuard.check)."""
+        guard = self.reporter.guard
+        try:
+            request = read_confirm(record.body)
+        except (ValueError, KeyError, TypeError, ValidationError) as error:
+            raise PermanentError(f"message {record.message_id} is no confirm request") from error
+        if guard is None:
+            return "ignored"
+        outcome = guard.check(request, int(self.reporter.clock()))
+        return "released" if outcome.released else "checked"
+
     def _delay(self, record: SQSRecord, seconds: int) -> None:
         if self.visibility is not None:
             self.visibility.delay(record.receipt_handle, seconds)
@@ -136,9 +152,34 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
         token=secrets.usage_source_token,
         dynamodb=lambda: dynamodb,
     )
+    ledger = overrides.get("ledger") or Ledger(settings.ledger_table, dynamodb)
+    clock = overrides.get("clock")
+    mode = settings.invoice_guard
+    if mode != "off" and not settings.queue_url:
+        logger.warning(
+            "INVOICE_GUARD needs QUEUE_URL for its delayed checks: only reconciliation and"
+            " meter error reports run",
+            extra={"invoice_guard": mode},
+        )
+        mode = "off"
+    guard = InvoiceGuard(
+        gateway=gateway,
+        ledger=ledger,
+        queue=overrides.get("confirm_queue")
+        or (SqsConfirmQueue(settings.queue_url) if settings.queue_url else None),
+        policy=GuardPolicy(
+            mode=mode,
+            hold_limit_seconds=settings.hold_limit_seconds,
+            confirmation_margin_seconds=settings.confirmation_margin_seconds,
+            confirm_delay_seconds=settings.confirm_delay_seconds,
+            confirm_max_delay_seconds=settings.confirm_max_delay_seconds,
+            confirm_max_checks=settings.confirm_max_checks,
+            grace_period_seconds=settings.grace_period_seconds,
+        ),
+    )
     reporter = UsageReporter(
         gateway=gateway,
-        ledger=overrides.get("ledger") or Ledger(settings.ledger_table, dynamodb),
+        ledger=ledger,
         usage_source=usage_source,
         policy=ReportingPolicy(
             billing_reasons=settings.billing_reasons,
@@ -149,7 +190,8 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
             lease_seconds=settings.report_lease_seconds,
             event_memory_seconds=settings.event_memory_seconds,
         ),
-        **({"clock": overrides["clock"]} if "clock" in overrides else {}),
+        **({"clock": clock} if clock is not None else {}),
+        guard=guard,
     )
     return Worker(
         reporter=reporter,

@@ -1,0 +1,116 @@
+"""The invoice guard's rules: when a report counts as confirmed, when to look again, and
+whether a finalized line is right. Pure: `now` and Stripe's numbers are passed in.
+
+Confirmation rule ("Stripe's aggregate includes the report"). Stripe's event summaries
+answer one number per (meter, customer, minute-aligned window), not per event, and a
+customer may have several reports in one window: two subscription items on one meter,
+or the previous period's report whose timestamp (`end - 1` of that period) falls in the
+minute the window is widened by. So a report is confirmed when the summary over its
+window equals the meter's formula applied to *every* report the ledger sent for that
+meter and customer with a timestamp inside the window — it included. Equal means all of
+them are counted; below means some are not aggregated yet; above means Stripe counts
+usage meterbridge did not send (another sender, or an identifier re-counted after
+Stripe's 24 h memory). Neither of the last two confirms anything, and both numbers are
+recorded so an operator sees which case it is.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+from meterbridge.domain.invoices import ServicePeriod
+
+GuardMode = Literal["off", "confirm", "hold"]
+
+MINUTE = 60
+SQS_MAX_DELAY_SECONDS = 900
+# Stripe will not finalize a draft while an invoice.created webhook is unanswered for up to
+# 72 h, and the grace period is at most 72 h (STRIPE.md): a hold must end before that.
+STRIPE_MAX_HOLD_SECONDS = 72 * 3600
+# Stripe's values carry at most 15 significant digits; summaries come back as JSON numbers
+# (binary floats), so equality is judged to that precision.
+_RELATIVE_TOLERANCE = Decimal("1e-12")
+
+
+def summary_window(period: ServicePeriod) -> tuple[int, int]:
+    """The event-summary bounds covering the service period: Stripe wants whole minutes
+    (start inclusive, end exclusive), so the period is widened to the minutes around it."""
+    start = period.start - period.start % MINUTE
+    end = period.end + (-period.end) % MINUTE
+    return start, max(end, start + MINUTE)
+
+
+@dataclass(frozen=True)
+class SentUsage:
+    """One meter event as the ledger knows it: what Stripe should be counting."""
+
+    timestamp: int
+    value: Decimal
+    sent_at: int = 0  # tie-break for the `last` formula: the later send wins
+
+
+def expected_aggregate(formula: str, usage: Iterable[SentUsage]) -> Decimal:
+    """What the meter's formula makes of these events (sum, count or last)."""
+    events = list(usage)
+    if formula == "count":
+        return Decimal(len(events))
+    if formula == "last":
+        if not events:
+            return Decimal(0)
+        return max(events, key=lambda event: (event.timestamp, event.sent_at)).value
+    return sum((event.value for event in events), Decimal(0))
+
+
+def in_window(timestamp: int, window: tuple[int, int]) -> bool:
+    return window[0] <= timestamp < window[1]
+
+
+def same_value(observed: Decimal, expected: Decimal) -> bool:
+    """Equal to Stripe's precision (the summary travelled as a float)."""
+    scale = max(abs(expected), Decimal(1))
+    return abs(observed - expected) <= scale * _RELATIVE_TOLERANCE
+
+
+def billed_quantity(aggregate: Decimal) -> Decimal:
+    """A negative cycle total bills as 0 (STRIPE.md, meter event values)."""
+    return max(aggregate, Decimal(0))
+
+
+def line_is_right(invoiced: Decimal, expected: Decimal, *, integer_quantity: bool) -> bool:
+    """Does a finalized metered line bill what the ledger says it should?
+
+    Lines carry `quantity_decimal` where Stripe has it; an integer-only `quantity` is
+    compared with the expected value rounded half up, the most Stripe's shape can show.
+    """
+    want = billed_quantity(expected)
+    if integer_quantity:
+        want = want.to_integral_value(ROUND_HALF_UP)
+    return same_value(invoiced, want)
+
+
+def next_check_delay(
+    checks_done: int,
+    *,
+    base_seconds: int,
+    max_seconds: int,
+    until_margin: int | None = None,
+    until_hold_limit: int | None = None,
+) -> int:
+    """Seconds until the next confirmation check: base * 2^(checks-1), capped by SQS's
+    15-minute message delay, and never past the moments that matter — the start of the
+    confirmation margin (the alarm must fire while someone can still act) or the end of a
+    hold (the invoice must be released on time)."""
+    exponent = min(max(checks_done, 1) - 1, 20)
+    delay = min(base_seconds * 2**exponent, max_seconds, SQS_MAX_DELAY_SECONDS)
+    for moment in (until_margin, until_hold_limit):
+        if moment is not None and moment > 0:
+            delay = min(delay, moment)
+    return max(int(delay), 0)
+
+
+def confirmation_at_risk(
+    *, invoice_now: int, finalizes_at: int | None, margin_seconds: int
+) -> bool:
+    """Unconfirmed usage is an emergency once the draft finalizes within the margin."""
+    return finalizes_at is not None and finalizes_at - invoice_now <= margin_seconds
