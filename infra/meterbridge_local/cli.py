@@ -147,6 +147,14 @@ def _print_summary(
     exports = {**LOCAL_AWS_ENVIRONMENT, "AWS_ENDPOINT_URL": urls["aws_endpoint_url"]}
     if target.api_base:
         exports.update(STRIPE_API_BASE=target.api_base, STRIPE_API_KEY=target.api_key)
+    # What the operator commands (dlq, status, report) read; names as the functions use them.
+    exports.update(
+        QUEUE_URL=urls["event_queue_url"],
+        DEAD_LETTER_QUEUE_URL=urls["dead_letter_queue_url"],
+        LEDGER_TABLE=urls["ledger_table"],
+    )
+    if stack.usage_source:
+        exports["USAGE_SOURCE"] = stack.usage_source
     lines = [
         "meterbridge local is running (Ctrl-C stops it)",
         f"  webhook URL        {urls['webhook_url']}",
@@ -184,10 +192,21 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# --------------------------------------------------------------------------- operations
+
+
+def register_operations(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """dlq, status, report, verify: operating a running meterbridge (meterbridge_local.ops)."""
+    from meterbridge_local.ops.commands import register_all
+
+    register_all(subparsers)
+
+
 # --------------------------------------------------------------------------- entry point
 
 SUBCOMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     register_local,
+    register_operations,
     register_demo,
 ]
 

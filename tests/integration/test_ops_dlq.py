@@ -1,0 +1,208 @@
+"""`meterbridge dlq list | replay` against moto over HTTP: nothing lost, nothing doubled."""
+
+import json
+import uuid
+from collections import Counter
+from typing import Any
+
+import boto3
+import pytest
+
+from meterbridge.adapters.ledger import Ledger, create_ledger_table
+from meterbridge_local.aws import MotoServer
+from meterbridge_local.cli import main
+from tests.support.stripe_events import snapshot_event
+from tests.support.worker import enqueue
+
+
+@pytest.fixture
+def queues(aws: MotoServer) -> dict[str, str]:
+    sqs = boto3.client("sqs")
+    suffix = uuid.uuid4().hex[:8]
+    dlq = sqs.create_queue(QueueName=f"dlq-{suffix}")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    queue = sqs.create_queue(
+        QueueName=f"events-{suffix}",
+        Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
+        },
+    )["QueueUrl"]
+    return {"queue": queue, "dlq": dlq}
+
+
+def invoice_event(invoice_id: str, event_type: str = "invoice.created") -> dict[str, Any]:
+    return snapshot_event(event_type, {"id": invoice_id, "object": "invoice", "status": "draft"})
+
+
+def everything(queue_url: str) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Receive and delete every message: (body, sorted attributes) of each."""
+    sqs = boto3.client("sqs")
+    found: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not messages:
+            return found
+        for message in messages:
+            attributes = tuple(
+                sorted(
+                    (name, value["StringValue"])
+                    for name, value in message.get("MessageAttributes", {}).items()
+                )
+            )
+            found.append((message["Body"], attributes))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def visible(queue_url: str) -> int:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"  # all released
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def dead_letter(queues: dict[str, str], *events: dict[str, Any]) -> None:
+    for event in events:
+        enqueue(queues["dlq"], event)
+
+
+def test_replay_restores_every_message_once_with_body_and_attributes_unchanged(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = [invoice_event(f"in_{i}") for i in range(23)]  # three receive batches
+    dead_letter(queues, *events)
+    boto3.client("sqs").send_message(QueueUrl=queues["dlq"], MessageBody="not json at all")
+    originals = everything(queues["dlq"])
+    for body, attributes in originals:  # put them back exactly as they were
+        boto3.client("sqs").send_message(
+            QueueUrl=queues["dlq"],
+            MessageBody=body,
+            MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes},
+        )
+
+    code, output = cli(capsys, "dlq", "replay", "--queue-url", queues["queue"])
+
+    assert code == 0, output
+    # moto has no StartMessageMoveTask: the fallback is used, and said so.
+    assert "StartMessageMoveTask unavailable" in output
+    assert "Replayed 24 message(s)" in output
+    assert visible(queues["dlq"]) == 0
+    assert Counter(everything(queues["queue"])) == Counter(originals)  # each exactly once
+    ids = {dict(attributes)["stripe_event_id"] for _, attributes in originals if attributes}
+    assert ids == {event["id"] for event in events}
+
+
+def test_filters_pick_by_event_type_and_invoice_and_leave_the_rest_visible(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    wanted = invoice_event("in_A")
+    others = [
+        invoice_event("in_B"),
+        invoice_event("in_A", "invoice.finalized"),
+        invoice_event("in_C"),
+    ]
+    dead_letter(queues, wanted, *others)
+
+    code, output = cli(
+        capsys,
+        "dlq",
+        "replay",
+        "--queue-url",
+        queues["queue"],
+        "--event-type",
+        "invoice.created",
+        "--invoice",
+        "in_A",
+    )
+
+    assert code == 0, output
+    assert "a filter or --max given" in output
+    assert "3 not matching the filters left in place" in output
+    assert [json.loads(body)["id"] for body, _ in everything(queues["queue"])] == [wanted["id"]]
+    assert visible(queues["dlq"]) == 3  # released at once, not hidden for the hold time
+    left = {json.loads(body)["id"] for body, _ in everything(queues["dlq"])}
+    assert left == {event["id"] for event in others}
+
+
+def test_max_replays_that_many_and_dry_run_changes_nothing(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead_letter(queues, *(invoice_event(f"in_{i}") for i in range(5)))
+
+    code, output = cli(capsys, "dlq", "replay", "--queue-url", queues["queue"], "--dry-run")
+    assert code == 0, output
+    assert "Would replay 5 message(s)" in output
+    assert "dry run: nothing was sent or deleted" in output
+    assert visible(queues["queue"]) == 0
+    assert visible(queues["dlq"]) == 5
+
+    code, output = cli(capsys, "dlq", "replay", "--queue-url", queues["queue"], "--max", "2")
+    assert code == 0, output
+    assert "Replayed 2 message(s)" in output
+    assert visible(queues["queue"]) == 2
+    assert visible(queues["dlq"]) == 3
+
+    code, output = cli(capsys, "dlq", "replay", "--dlq-url", queues["dlq"], "--queue-url",
+                       queues["queue"], "--no-move-task")  # fmt: skip
+    assert code == 0, output
+    assert "StartMessageMoveTask" not in output
+    assert visible(queues["queue"]) == 5
+    assert visible(queues["dlq"]) == 0
+
+
+def test_list_shows_each_event_and_why_from_the_ledger_and_keeps_them(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = f"ledger-{uuid.uuid4().hex[:8]}"
+    create_ledger_table(boto3.client("dynamodb"), table)
+    ledger = Ledger(table, boto3.client("dynamodb"))
+    ledger.record_invoice(
+        "in_poison", "cus_1", status="failed", reason="customer cus_1 is deleted", now=1_700_000_000
+    )
+    poison = invoice_event("in_poison")
+    unknown = invoice_event("in_unknown")
+    dead_letter(queues, poison, unknown)
+    boto3.client("sqs").send_message(QueueUrl=queues["dlq"], MessageBody="{broken")
+
+    code, output = cli(
+        capsys, "dlq", "list", "--queue-url", queues["queue"], "--ledger-table", table
+    )
+
+    assert code == 0, output
+    assert "3 message(s) in the dead-letter queue" in output
+    assert poison["id"] in output
+    assert "customer cus_1 is deleted" in output  # the reason the worker recorded
+    assert "no ledger record: it failed before reporting began" in output
+    assert "body is not a Stripe event" in output
+    assert "invoice.created" in output
+    assert visible(queues["dlq"]) == 3  # listing removes nothing
+
+
+def test_bad_input_is_refused_with_a_clear_message(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QUEUE_URL", raising=False)
+    monkeypatch.delenv("DEAD_LETTER_QUEUE_URL", raising=False)
+    code, output = cli(capsys, "dlq", "replay")
+    assert code == 2
+    assert "pass --queue-url or export QUEUE_URL" in output
+
+    code, output = cli(capsys, "dlq", "list", "--queue-url", queues["dlq"])  # no redrive policy
+    assert code == 2
+    assert "has no dead-letter queue" in output
+
+    with pytest.raises(SystemExit) as refused:
+        main(["dlq", "replay", "--queue-url", queues["queue"], "--max", "0"])
+    assert refused.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
