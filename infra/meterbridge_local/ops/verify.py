@@ -110,7 +110,7 @@ class Verifier:
                 self._run_step(step, action)
                 # The summary check failing is the finding, not a blocker: carry on to show
                 # what the finalized invoice then bills.
-                blocked = step.passed is False and action is not self._check_summary
+                blocked = step.passed is False and action != self._check_summary
             self._notify(step)
         cleanup = Step(STEP_NAMES[-1])
         verification.steps.append(cleanup)
