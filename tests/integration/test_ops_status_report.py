@@ -1,0 +1,328 @@
+"""`meterbridge status` and `meterbridge report` over a ledger written by real worker runs:
+SQS (moto) → worker handler → Stripe billing emulator (real SDK) → DynamoDB ledger (moto)."""
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+
+from meterbridge.adapters.ledger import Ledger
+from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.reports import report_identifier
+from meterbridge.handlers import worker as worker_module
+from meterbridge_local.aws import MotoServer
+from meterbridge_local.cli import main
+from meterbridge_local.lambda_runtime import FunctionConfig, SqsPoller
+from meterbridge_local.resources import SqsEventSource
+from meterbridge_local.stripe_emulator import StripeEmulator
+from tests.support.lambda_context import FakeLambdaContext
+from tests.support.worker import (
+    API_KEY,
+    USAGE,
+    Billing,
+    emulator,
+    enqueue,
+    failed_ids,
+    fresh_emulator_faults,
+    invoice_created,
+    ledger,
+    ledger_table,
+    make_worker,
+    queue_url,
+    receive_batch,
+    subscription_item_of,
+    usage_source_down,
+)
+
+__all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
+
+NO_GUARD = {"INVOICE_GUARD": "off"}  # delayed confirmations are the invoice guard's tests
+
+
+@dataclass
+class Case:
+    emulator: StripeEmulator
+    billing: Billing
+    ledger: Ledger
+    table: str
+    queue: str
+    meter: dict[str, Any]
+    price: dict[str, Any]
+    customer: dict[str, Any]
+
+    def invoice(self, **overrides: Any) -> dict[str, Any]:
+        return self.billing.renewal(self.customer["id"], [self.price], **overrides)
+
+    def run_worker(self, invoice: dict[str, Any], **env: str) -> set[str]:
+        enqueue(self.queue, invoice_created(invoice))
+        worker = make_worker(self.emulator, self.table, self.queue, env={**NO_GUARD, **env})
+        event = receive_batch(self.queue, 1)
+        return failed_ids(worker_module.handler(event, FakeLambdaContext(), worker=worker))
+
+    def events(self) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.billing.meter_events(customer=self.customer["id"])
+            if e["status"] == "accepted"
+        ]
+
+
+@pytest.fixture
+def case(
+    fresh_emulator_faults: StripeEmulator,
+    ledger: Ledger,
+    ledger_table: str,
+    queue_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Case:
+    billing = Billing(fresh_emulator_faults)
+    meter = billing.meter()
+    customer = billing.customer()
+    USAGE[(customer["id"], meter["event_name"])] = "100"
+    # What `meterbridge report` reads: the worker's own settings.
+    for name, value in {
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": fresh_emulator_faults.url,
+        "STRIPE_MAX_NETWORK_RETRIES": "0",
+        "LEDGER_TABLE": ledger_table,
+        "USAGE_SOURCE": "python://tests.support.worker:usage",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return Case(
+        fresh_emulator_faults,
+        billing,
+        ledger,
+        ledger_table,
+        queue_url,
+        meter,
+        billing.metered_price(meter),
+        customer,
+    )
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def identifier(invoice: dict[str, Any], revision: int = 0) -> str:
+    line = invoice["lines"]["data"][0]
+    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
+    return report_identifier(subscription_item_of(line), period, revision)
+
+
+def counted_by_stripe(case: Case, invoice: dict[str, Any]) -> Decimal:
+    period = invoice["lines"]["data"][0]["period"]
+    summaries = case.billing.client.v1.billing.meters.event_summaries.list(
+        case.meter["id"],
+        {
+            "customer": case.customer["id"],
+            "start_time": period["start"] // 60 * 60,
+            "end_time": -(-period["end"] // 60) * 60,
+        },
+    )
+    return sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_invoice_and_customer_show_each_report_with_value_and_deadline(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoice = case.invoice()
+    assert case.run_worker(invoice) == set()
+
+    code, output = cli(capsys, "status", "invoice", invoice["id"])
+    assert code == 0, output
+    assert f"invoice {invoice['id']}: reported" in output
+    assert identifier(invoice) in output
+    assert "sent" in output
+    assert "100" in output
+    deadline = time.strftime("%Y-%m-%d %H:%M", time.gmtime(invoice["automatically_finalizes_at"]))
+    assert deadline in output
+
+    code, output = cli(capsys, "status", "customer", case.customer["id"], "--since", "2000-01-01")
+    assert code == 0, output
+    assert invoice["id"] in output
+    assert identifier(invoice) in output
+
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86_400))
+    code, output = cli(capsys, "status", "customer", case.customer["id"], "--since", tomorrow)
+    assert code == 1
+    assert "No ledger records" in output
+
+
+def test_status_explains_missing_records_and_bad_dates(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = cli(capsys, "status", "invoice", "in_never_seen")
+    assert code == 1
+    assert "has not processed an invoice.created" in output
+    code, output = cli(capsys, "status", "customer", "cus_x", "--since", "last tuesday")
+    assert code == 2
+    assert "is not a date" in output
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_backfills_a_report_that_failed_while_the_usage_source_was_down(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoice = case.invoice()
+    usage_source_down(True)
+    try:
+        assert case.run_worker(invoice)  # transient failure: the record is retried later
+    finally:
+        usage_source_down(False)
+    assert case.events() == []
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"])
+
+    assert code == 0, output
+    assert "reporting" in output
+    [sent] = case.events()
+    assert (sent["identifier"], sent["payload"]["value"]) == (identifier(invoice), "100")
+    assert case.ledger.report(identifier(invoice))["status"] == "sent"  # type: ignore[index]
+    code, output = cli(capsys, "report", "--invoice", invoice["id"])  # nothing more to do
+    assert code == 0, output
+    assert "unchanged" in output
+    assert len(case.events()) == 1
+
+
+def test_force_sends_the_difference_as_a_new_revision_never_the_full_amount_again(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoice = case.invoice()
+    assert case.run_worker(invoice) == set()
+    USAGE[(case.customer["id"], case.meter["event_name"])] = "130.5"  # the source was fixed
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"])
+    assert code == 1  # a difference is news, but nothing is sent without --force
+    assert "differs" in output
+    assert "--force" in output
+    assert len(case.events()) == 1
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
+    assert code == 0, output
+    correction = identifier(invoice, revision=1)
+    assert correction in output
+    events = {e["identifier"]: e["payload"]["value"] for e in case.events()}
+    assert events == {identifier(invoice): "100", correction: "30.5"}
+    assert counted_by_stripe(case, invoice) == Decimal("130.5")
+    revision = case.ledger.report(correction)
+    assert revision is not None
+    assert (revision["status"], revision["value"]) == ("sent", "30.5")
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")  # again: no-op
+    assert code == 0, output
+    assert "unchanged" in output
+    assert len(case.events()) == 2
+    code, output = cli(capsys, "status", "invoice", invoice["id"])
+    assert identifier(invoice) in output
+    assert correction in output
+
+
+def test_force_refuses_meters_where_a_delta_would_not_add_up(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meter = case.billing.meter(default_aggregation={"formula": "last"})
+    case.meter, case.price = meter, case.billing.metered_price(meter)
+    USAGE[(case.customer["id"], meter["event_name"])] = "5"
+    invoice = case.invoice()
+    assert case.run_worker(invoice) == set()
+    USAGE[(case.customer["id"], meter["event_name"])] = "9"
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
+
+    assert code == 1
+    assert "refused" in output
+    assert "'last'" in output
+    assert len(case.events()) == 1
+
+
+def test_report_refuses_finalized_invoices_and_unknown_ones(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoice = case.invoice(status="open")
+    code, output = cli(capsys, "report", "--invoice", invoice["id"])
+    assert code == 2
+    assert "not a draft" in output
+    code, output = cli(capsys, "report", "--invoice", "in_nope")
+    assert code == 2
+    assert "Stripe has no invoice in_nope" in output
+
+
+# --------------------------------------------------------------------------- done when
+
+
+def test_poison_event_to_dead_letter_queue_then_fix_replay_and_status_shows_sent(
+    case: Case, aws: MotoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's "done when", as the runbook tells an operator to do it."""
+    sqs = boto3.client("sqs")
+    suffix = uuid.uuid4().hex[:8]
+    dlq = sqs.create_queue(QueueName=f"poison-dlq-{suffix}")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    queue = sqs.create_queue(
+        QueueName=f"poison-{suffix}",
+        Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2})
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    worker = make_worker(
+        case.emulator, case.table, queue, env={**NO_GUARD, "TENANT_METADATA_KEY": "tenant"}
+    )
+    poller = SqsPoller(
+        lambda event, context: worker_module.handler(event, context, worker=worker),
+        SqsEventSource(
+            name="StripeEvents",
+            queue_logical_id="EventQueue",
+            queue_url=queue,
+            queue_arn=queue_arn,
+            batch_size=10,
+            maximum_batching_window_seconds=0,
+            function_response_types=("ReportBatchItemFailures",),
+            maximum_concurrency=2,
+        ),
+        function=FunctionConfig("worker", timeout_seconds=60, memory_mb=512),
+        endpoint_url=aws.endpoint_url,
+        visibility_timeout=30,  # the worker itself makes failed records visible again at once
+    )
+    invoice = case.invoice()  # the customer has no metadata["tenant"]: a poison event
+    event = invoice_created(invoice)
+    enqueue(queue, event)
+    assert poller.drain(timeout=30)
+    where = ["--queue-url", queue, "--ledger-table", case.table]
+
+    code, output = cli(capsys, "dlq", "list", *where)
+    assert code == 0, output
+    assert event["id"] in output
+    assert invoice["id"] in output
+    assert "has no metadata['tenant']" in output  # why, from the ledger
+
+    case.billing.client.v1.customers.update(case.customer["id"], {"metadata": {"tenant": "t1"}})
+    code, output = cli(capsys, "dlq", "replay", *where)
+    assert code == 0, output
+    assert "Replayed 1 message(s)" in output
+    assert poller.drain(timeout=30)
+
+    code, output = cli(capsys, "status", "invoice", invoice["id"], *where)
+    assert code == 0, output
+    assert f"invoice {invoice['id']}: reported" in output
+    assert "sent" in output
+    assert [e["identifier"] for e in case.events()] == [identifier(invoice)]
+    code, output = cli(capsys, "dlq", "list", *where)
+    assert "The dead-letter queue is empty." in output
