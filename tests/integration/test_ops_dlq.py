@@ -1,5 +1,6 @@
 """`meterbridge dlq list | replay` against moto over HTTP: nothing lost, nothing doubled."""
 
+import io
 import json
 import uuid
 from collections import Counter
@@ -10,7 +11,8 @@ import pytest
 
 from meterbridge.adapters.ledger import Ledger, create_ledger_table
 from meterbridge_local.aws import MotoServer
-from meterbridge_local.cli import main
+from meterbridge_local.cli import StripeTarget, _print_summary, main
+from meterbridge_local.stack import LocalStack
 from tests.support.stripe_events import snapshot_event
 from tests.support.worker import enqueue
 
@@ -206,3 +208,35 @@ def test_bad_input_is_refused_with_a_clear_message(
         main(["dlq", "replay", "--queue-url", queues["queue"], "--max", "0"])
     assert refused.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_export_line_of_meterbridge_local_is_all_the_commands_need(
+    aws: MotoServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new user's path: copy the export line, then `meterbridge dlq list` just works."""
+    with LocalStack(
+        aws=aws,
+        stack_name=f"ops-{uuid.uuid4().hex[:8]}",
+        handlers={"WebhookFunction": lambda e, c: None, "WorkerFunction": lambda e, c: None},
+        stripe_api_base="http://127.0.0.1:9",
+        stripe_api_key="sk_test_x",
+        webhook_secret="whsec_x",
+        start_poller=False,
+    ) as stack:
+        printed = io.StringIO()
+        target = StripeTarget("http://127.0.0.1:9", "sk_test_x", "whsec_x", "test")
+        _print_summary(printed, stack, target, None)
+        [line] = [x for x in printed.getvalue().splitlines() if x.startswith("  export ")]
+        exported = dict(pair.split("=", 1) for pair in line.split()[1:])
+        assert exported["QUEUE_URL"] == stack.event_queue_url
+        assert exported["DEAD_LETTER_QUEUE_URL"] == stack.dead_letter_queue_url
+        assert exported["LEDGER_TABLE"] == stack.ledger_table_name
+        for name in ("QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "LEDGER_TABLE"):
+            monkeypatch.setenv(name, exported[name])
+        enqueue(stack.dead_letter_queue_url, invoice_event("in_local"))
+
+        code, output = cli(capsys, "dlq", "list")
+
+        assert code == 0, output
+        assert "in_local" in output
+        assert "no ledger record" in output  # the ledger table was found and read
