@@ -16,6 +16,7 @@ trusting the send:
 - meter error reports (always): Stripe's asynchronous rejections mark reports failed.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -81,6 +82,9 @@ class InvoiceGuard:
         self._ledger = ledger
         self._queue = queue
         self.policy = policy
+        # (customer, meter event name, start, end) -> the usage source's value now; the
+        # reporter attaches it. None: reconciliation compares with the ledger only.
+        self.usage_lookup: Callable[[str, str, int, int], Decimal] | None = None
 
     def invoice_now(self, invoice: Invoice, now: int) -> int:
         """'Now' as the invoice sees it: its test clock's frozen time, else real time."""
@@ -413,28 +417,54 @@ class InvoiceGuard:
         expected = expected_aggregate(self._formula(meter_id), [_sent_usage(r) for r in peers])
         unknown = report.get("status") != ReportStatus.SKIPPED.value and "value" not in report
         invoiced = line.quantity if line.quantity is not None else Decimal(0)
-        right = not unknown and line_is_right(
-            invoiced, expected, integer_quantity=line.quantity_is_integer
-        )
+        reason = None
+        if unknown:
+            reason = "no_value_recorded"
+        elif not line_is_right(invoiced, expected, integer_quantity=line.quantity_is_integer):
+            reason = "stripe_differs"  # lost (or extra) usage on Stripe's side
+        source = self._source_now(invoice, report, line.period)
+        reported = Decimal(str(report.get("value") or "0"))
+        if reason is None and source is not None and not same_value(source, reported):
+            reason = "usage_changed"  # the usage source moved on after the report was sent
         self._ledger.record_reconciliation(
             str(report["identifier"]),
-            status="reconciled" if right else "mismatch",
+            status="mismatch" if reason else "reconciled",
             invoiced=invoiced,
             expected=expected,
+            source=source,
+            reason=reason,
             now=now,
         )
-        if not right:
+        if reason:
             count("InvoiceLineMismatches")
             logger.error(
-                "finalized invoice line does not bill the reported usage",
+                "finalized invoice line does not bill the usage",
                 extra={
                     "invoice_id": invoice.id,
                     "identifier": report["identifier"],
+                    "mismatch_reason": reason,
                     "invoiced_quantity": str(invoiced),
                     "expected_quantity": "unknown" if unknown else str(expected),
+                    "source_quantity": None if source is None else str(source),
                 },
             )
-        return right
+        return reason is None
+
+    def _source_now(
+        self, invoice: Invoice, report: dict[str, Any], period: ServicePeriod
+    ) -> Decimal | None:
+        if self.usage_lookup is None or "meter_event_name" not in report:
+            return None
+        try:
+            return self.usage_lookup(
+                invoice.customer_id, str(report["meter_event_name"]), period.start, period.end
+            )
+        except PermanentError as error:  # transient errors retry the whole event
+            logger.warning(
+                "usage source unreadable at reconciliation",
+                extra={"invoice_id": invoice.id, "reason": str(error)},
+            )
+            return None
 
     # --- v1.billing.meter.error_report_triggered ------------------------------------------------
 

@@ -85,6 +85,8 @@ class UsageReporter:
         self._policy = policy
         self.clock = clock
         self.guard = guard
+        if guard is not None:
+            guard.usage_lookup = self.current_usage
 
     def handle(self, envelope: EventEnvelope, event: dict[str, Any] | None) -> EventOutcome:
         """Process one queued Stripe event; raises TransientError / PermanentError to retry."""
@@ -278,6 +280,22 @@ class UsageReporter:
             extra={**context, "value": str(value), "duplicate": receipt.duplicate},
         )
         return "late" if late else "sent"
+
+    def current_usage(
+        self, customer_id: str, meter_event_name: str, start: int, end: int
+    ) -> Decimal:
+        """The usage source's value now, for reconciliation: usage may arrive after reporting."""
+        customer = self._gateway.customer(customer_id)
+        key = self._policy.tenant_metadata_key
+        tenant = (customer.get("metadata") or {}).get(key) if key else None
+        query = UsageQuery(
+            customer=customer_id,
+            tenant=str(tenant) if tenant else None,
+            meter=meter_event_name,
+            start=start,
+            end=end,
+        )
+        return usage_value(self._usage.usage(query))
 
     def _usage_of(self, plan: PlannedReport, tenant: str | None) -> Decimal:
         started = time.perf_counter()

@@ -26,7 +26,10 @@ and `scheduled_finalization_at` by the invoice's clock — its test clock, if an
   confirmation_checked_at, confirmed_at, confirmation_missing_at, confirmation_observed
   (Stripe's summary for the report's window, decimal text), confirmation_expected (what
   the ledger says that window should hold); reconciliation_status (reconciled | mismatch),
-  invoiced_quantity, expected_quantity (decimal text), reconciled_at; for Stripe's
+  mismatch_reason (stripe_differs | usage_changed | no_value_recorded), invoiced_quantity
+  (the finalized line), expected_quantity (the ledger's reports under the meter's formula),
+  source_quantity (the usage source at finalization), reconciled_at (decimal text
+  quantities); for Stripe's
   asynchronous rejections: status = failed, failure_class = rejected, stripe_error_code,
   stripe_error_event_id, last_error.
 - invoice: guard_mode, hold_status (holding | held | released | released_at_limit |
@@ -479,23 +482,47 @@ class Ledger:
         return previous.get("confirmation_status")
 
     def record_reconciliation(
-        self, identifier: str, *, status: str, invoiced: Decimal, expected: Decimal, now: int
+        self,
+        identifier: str,
+        *,
+        status: str,
+        invoiced: Decimal,
+        expected: Decimal,
+        source: Decimal | None,
+        reason: str | None,
+        now: int,
     ) -> None:
+        values = {
+            ":status": status,
+            ":invoiced": str(invoiced),
+            ":expected": str(expected),
+            ":source": None if source is None else str(source),
+            ":reason": reason,
+            ":now": now,
+        }
+        sets = [
+            "reconciliation_status = :status",
+            "invoiced_quantity = :invoiced",
+            "expected_quantity = :expected",
+            "reconciled_at = :now",
+        ]
+        removes = []
+        for attribute, placeholder in (
+            ("source_quantity", ":source"),
+            ("mismatch_reason", ":reason"),
+        ):
+            if values[placeholder] is None:
+                removes.append(attribute)
+            else:
+                sets.append(f"{attribute} = {placeholder}")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         self._dynamo(
             lambda: self._client.update_item(
                 TableName=self._table,
                 Key=_encode(report_key(identifier)),
-                UpdateExpression=(
-                    "SET reconciliation_status = :status, invoiced_quantity = :invoiced,"
-                    " expected_quantity = :expected, reconciled_at = :now"
-                ),
+                UpdateExpression=expression,
                 ExpressionAttributeValues=_encode(
-                    {
-                        ":status": status,
-                        ":invoiced": str(invoiced),
-                        ":expected": str(expected),
-                        ":now": now,
-                    }
+                    {k: v for k, v in values.items() if v is not None}
                 ),
             )
         )
