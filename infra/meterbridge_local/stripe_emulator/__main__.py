@@ -1,0 +1,49 @@
+"""Run the emulator on its own: `python -m meterbridge_local.stripe_emulator [--port N] ...`.
+
+Prints its URL on the first line of stdout and serves until stdin closes or SIGINT/SIGTERM,
+so another process (a benchmark, `meterbridge local --stripe-api-base URL`) can use a
+Stripe whose CPU is not its own, as real Stripe's is not.
+"""
+
+import argparse
+import signal
+import sys
+import threading
+from dataclasses import fields
+
+from .config import EmulatorConfig
+from .server import StripeEmulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meterbridge_local.stripe_emulator")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = free)")
+    numbers = {f.name for f in fields(EmulatorConfig) if f.type in ("float", "int")}
+    for name in sorted(numbers):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
+    parser.add_argument(
+        "--until-stdin-closes", action="store_true", help="stop when stdin reaches EOF"
+    )
+    args = parser.parse_args(argv)
+    overrides = {
+        f.name: (int if f.type == "int" else float)(getattr(args, f.name))
+        for f in fields(EmulatorConfig)
+        if f.name in numbers and getattr(args, f.name) is not None
+    }
+    emulator = StripeEmulator(EmulatorConfig(**overrides)).start(port=args.port)
+    print(emulator.url, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.until_stdin_closes:
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The emulator as its own process: the real SDK reaches it, and it stops when asked."""
+
+import subprocess
+import sys
+
+import stripe
+
+
+def test_standalone_emulator_serves_the_sdk_and_stops_on_stdin_eof():
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meterbridge_local.stripe_emulator",
+            "--until-stdin-closes",
+            "--grace-period-seconds",
+            "600",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        client = stripe.StripeClient("sk_test_x", base_addresses={"api": url})
+        customer = client.v1.customers.create({"metadata": {"tenant": "acme"}})
+        assert client.v1.customers.retrieve(customer.id).metadata["tenant"] == "acme"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        assert process.wait(timeout=10) == 0
