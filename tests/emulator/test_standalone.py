@@ -26,7 +26,9 @@ def test_standalone_emulator_serves_the_sdk_and_stops_on_stdin_eof():
         assert url.startswith("http://127.0.0.1:")
         client = stripe.StripeClient("sk_test_x", base_addresses={"api": url})
         customer = client.v1.customers.create({"metadata": {"tenant": "acme"}})
-        assert client.v1.customers.retrieve(customer.id).metadata["tenant"] == "acme"
+        fetched = client.v1.customers.retrieve(customer.id)
+        assert fetched.metadata is not None
+        assert fetched.metadata["tenant"] == "acme"
     finally:
         assert process.stdin is not None
         process.stdin.close()

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from dataclasses import fields
+from typing import Any
 
 from .config import EmulatorConfig
 from .server import StripeEmulator
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         "--until-stdin-closes", action="store_true", help="stop when stdin reaches EOF"
     )
     args = parser.parse_args(argv)
-    overrides = {
+    overrides: dict[str, Any] = {
         f.name: (int if f.type == "int" else float)(getattr(args, f.name))
         for f in fields(EmulatorConfig)
         if f.name in numbers and getattr(args, f.name) is not None
@@ -35,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.until_stdin_closes:
-        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+        def stop_at_eof() -> None:
+            sys.stdin.read()
+            stop.set()
+
+        threading.Thread(target=stop_at_eof, daemon=True).start()
     try:
         stop.wait()
     except KeyboardInterrupt:
