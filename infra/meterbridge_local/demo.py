@@ -529,8 +529,14 @@ class MeterbridgeFlow(Flow):
                 "GracePeriodSeconds": str(GRACE_PERIOD_SECONDS),
                 "WorkerBatchingWindowSeconds": "0",
             },
-            # Compressed retries: a claim held by a concurrent duplicate is retried in 1 s.
-            environment={"RETRY_BACKOFF_BASE_SECONDS": "1", "RETRY_BACKOFF_MAX_SECONDS": "2"},
+            environment={
+                # Compressed time: a claim held by a concurrent duplicate is retried in 1 s,
+                # and the invoice guard asks Stripe's summaries 1 s after reporting.
+                "RETRY_BACKOFF_BASE_SECONDS": "1",
+                "RETRY_BACKOFF_MAX_SECONDS": "2",
+                "CONFIRM_DELAY_SECONDS": "1",
+                "CONFIRM_MAX_DELAY_SECONDS": "2",
+            },
             visibility_timeout=5,
         )
         self.stack.start()
