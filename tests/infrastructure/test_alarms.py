@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meterbridge import reporting
+from meterbridge import guard, reporting
 from meterbridge.intake import Outcome
 from meterbridge.observability import METRICS_NAMESPACE
 from meterbridge.observability import SERVICE as SERVICE_NAME
@@ -98,6 +98,16 @@ SINGLE_METRIC_ALARMS = {
         0,
         "GreaterThanThreshold",
     ),
+    # The invoice guard's (docs/guard.md).
+    **{
+        alarm: ("Meterbridge", metric, SERVICE, "Sum", 300, 0, "GreaterThanThreshold")
+        for alarm, metric in (
+            ("ConfirmationMissingAlarm", "ConfirmationMissing"),
+            ("InvoiceMismatchAlarm", "InvoiceLineMismatches"),
+            ("MeterErrorReportsAlarm", "MeterEventErrors"),
+            ("HoldLimitAlarm", "HoldLimitReached"),
+        )
+    },
 }
 
 
@@ -144,6 +154,14 @@ def test_alarm_names_match_what_the_code_emits() -> None:
     source = inspect.getsource(reporting)
     for metric in ("ReportsFailed", "InvoicesFailed", "ReportsLate", "ReportsSent"):
         assert f'"{metric}"' in source
+    guard_source = inspect.getsource(guard)
+    for metric in (
+        "ConfirmationMissing",
+        "InvoiceLineMismatches",
+        "MeterEventErrors",
+        "HoldLimitReached",
+    ):
+        assert f'"{metric}"' in guard_source
 
     assert (METRICS_NAMESPACE, SERVICE_NAME) == ("Meterbridge", "meterbridge")
 
@@ -161,6 +179,10 @@ def test_every_alarm_is_covered_and_every_alarm_is_on_the_dashboard(
         "SignatureFailuresAlarm",
         "ReportsFailedAlarm",
         "ReportsLateAlarm",
+        "ConfirmationMissingAlarm",
+        "InvoiceMismatchAlarm",
+        "MeterErrorReportsAlarm",
+        "HoldLimitAlarm",
     }
     body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     assert {f"{name}.Arn" for name in alarms} <= set(re.findall(r"\$\{([^}]+)\}", body))
