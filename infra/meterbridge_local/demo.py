@@ -26,11 +26,11 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TextIO
 
 import stripe
 from rich import box
@@ -417,28 +417,45 @@ def run_demo(
     naive: bool = False,
     renewals: int = 2,
     customers: Sequence[DemoCustomer] = CUSTOMERS,
-    console: Console | None = None,
 ) -> int:
     """The whole demo; 0 when every finalized renewal invoice carries exactly its usage.
 
-    The handlers' JSON logs and metrics go to a log file (named at the end), so the
-    terminal shows the story and the table.
+    Whatever the handlers, moto and the servers write to stdout/stderr (JSON logs, EMF
+    metrics) goes to a log file named at the end; the terminal shows the story and the table.
     """
-    if console is None:
-        # A pipe or CI log gets the table's natural width instead of 80 columns.
-        width = None if sys.stdout.isatty() else 160
-        console = Console(file=sys.stdout, highlight=False, width=width)
     descriptor, log_path = tempfile.mkstemp(prefix="meterbridge-demo-", suffix=".log")
-    with (
-        os.fdopen(descriptor, "w", encoding="utf-8") as log,
-        redirect_stdout(log),
-        redirect_stderr(log),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")  # Powertools' "no metrics to publish" per invocation
-        code = _run(naive, renewals, customers, console)
-    console.print(f"[dim]logs (the handlers' JSON lines, as CloudWatch keeps them): {log_path}[/]")
+    with _output_to(descriptor) as terminal:
+        # A pipe or CI log gets the table's natural width instead of 80 columns.
+        width = None if terminal.isatty() else 160
+        console = Console(file=terminal, highlight=False, width=width)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Powertools' "no metrics to publish"
+            code = _run(naive, renewals, customers, console)
+        console.print(f"[dim]logs (the handlers' JSON lines, metrics): {log_path}[/]")
     return code
+
+
+@contextmanager
+def _output_to(log_descriptor: int) -> Iterator[TextIO]:
+    """Point file descriptors 1 and 2 at the log (every writer, however it holds its
+    stream, lands there); yield a stream on the original stdout for the console."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_out), "w", encoding="utf-8", errors="replace")
+    try:
+        os.dup2(log_descriptor, 1)
+        os.dup2(log_descriptor, 2)
+        yield terminal
+    finally:
+        terminal.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for descriptor in (saved_out, saved_err, log_descriptor):
+            os.close(descriptor)
+        terminal.close()
 
 
 def _run(naive: bool, renewals: int, customers: Sequence[DemoCustomer], console: Console) -> int:
