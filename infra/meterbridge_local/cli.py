@@ -54,7 +54,11 @@ def register_local(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
     )
     parser.add_argument("--port", type=int, default=8080, help="webhook port (0 = any free)")
     parser.add_argument("--stripe-api-base", help="a Stripe-compatible server to use")
-    parser.add_argument("--usage-source", help="USAGE_SOURCE for the worker (http(s)://…)")
+    parser.add_argument(
+        "--usage-source",
+        help="USAGE_SOURCE for the worker (http(s)://…); default: a built-in usage server "
+        "fed with POST /usage/records",
+    )
     parser.add_argument(
         "--param",
         action="append",
@@ -74,12 +78,15 @@ def run_local(
     stop = stop or threading.Event()
     overrides = _parameter_overrides(args.param)
     environ = os.environ
-    with _stripe(args.stripe_api_base, environ) as (target, emulator_url):
+    with (
+        _stripe(args.stripe_api_base, environ) as (target, emulator_url),
+        _usage_source(args.usage_source) as (usage_source, records_url),
+    ):
         stack = LocalStack(
             stripe_api_base=target.api_base,
             stripe_api_key=target.api_key,
             webhook_secret=target.webhook_secret,
-            usage_source=args.usage_source,
+            usage_source=usage_source,
             port=args.port,
             parameter_overrides=overrides,
         )
@@ -90,7 +97,7 @@ def run_local(
         try:
             if target.webhook_secret is None:
                 stack.register_webhook_endpoint()
-            _print_summary(out, stack, target, emulator_url)
+            _print_summary(out, stack, target, emulator_url, records_url)
             with _stop_on_signals(stop):
                 stop.wait()
         finally:
@@ -140,8 +147,24 @@ def _stripe(
         emulator.stop()
 
 
+@contextmanager
+def _usage_source(url: str | None) -> Iterator[tuple[str, str | None]]:
+    """The given usage source, or a built-in one the user feeds over HTTP."""
+    if url:
+        yield url, None
+        return
+    from meterbridge_local.usage_server import UsageServer
+
+    with UsageServer() as server:
+        yield server.url, server.records_url
+
+
 def _print_summary(
-    out: TextIO, stack: LocalStack, target: StripeTarget, emulator_url: str | None
+    out: TextIO,
+    stack: LocalStack,
+    target: StripeTarget,
+    emulator_url: str | None,
+    records_url: str | None = None,
 ) -> None:
     urls = stack.urls()
     exports = {**LOCAL_AWS_ENVIRONMENT, "AWS_ENDPOINT_URL": urls["aws_endpoint_url"]}
@@ -164,13 +187,21 @@ def _print_summary(
         f"  event queue        {urls['event_queue_url']}",
         f"  dead-letter queue  {urls['dead_letter_queue_url']}",
         f"  ledger table       {urls['ledger_table']}",
-        f"  usage source       {stack.usage_source or '(none: pass --usage-source URL)'}",
+        f"  usage source       {stack.usage_source}"
+        + (" (built-in; --usage-source URL uses yours)" if records_url else ""),
         "",
         "In another shell, point the AWS CLI and `meterbridge` at it:",
         "  export " + " ".join(f"{key}={value}" for key, value in exports.items()),
     ]
     if target.api_base is None:
         lines.append(f"  stripe listen --forward-to {urls['webhook_url']}")
+    if records_url:
+        lines += [
+            "Feed the built-in usage source (account = customer id or tenant metadata value,"
+            " meter = meter event name, at = unix seconds):",
+            f"  curl -X POST {records_url} -d "
+            """'{"account": "cus_…", "meter": "api_requests", "at": 1767225600, "value": "42"}'""",
+        ]
     print("\n".join(lines), file=out, flush=True)
 
 

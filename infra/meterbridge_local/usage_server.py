@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 USAGE_PATH = "/usage"
+# Feeding over HTTP, for `meterbridge local`: POST {"account","meter","at","value"}.
+RECORDS_PATH = "/usage/records"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,21 @@ class UsageServer:
         with self._lock:
             self._records.append(UsageRecord(account, meter, int(at), Decimal(str(value))))
 
+    def _feed(self, record: Any) -> tuple[int, Any]:
+        """One usage record sent over HTTP; the answer echoes what was stored."""
+        if not isinstance(record, dict) or not {"account", "meter", "at", "value"} <= set(record):
+            raise ValueError("want a JSON object with account, meter, at and value")
+        value = Decimal(str(record["value"]))
+        if not value.is_finite():
+            raise ValueError("value must be a finite decimal")
+        self.add(str(record["account"]), str(record["meter"]), at=int(record["at"]), value=value)
+        return 201, {"stored": {**record, "value": format(value, "f")}}
+
+    @property
+    def records_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}{RECORDS_PATH}"
+
     def total(self, accounts: tuple[str, ...], meter: str, start: int, end: int) -> Decimal:
         """What a query for any of `accounts` answers over [start, end)."""
         with self._lock:
@@ -173,21 +190,28 @@ class UsageServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 query: Any = None
+                path = self.path.split("?")[0]
                 try:
                     query = json.loads(self.rfile.read(length) or b"null")
-                    if not isinstance(query, dict) or not {"meter", "start", "end"} <= set(query):
-                        raise ValueError("want a JSON object with meter, start and end")
-                    status, document = (
-                        server.answer(query)
-                        if self.path.split("?")[0] == USAGE_PATH
-                        else (404, {"error": f"POST {USAGE_PATH}"})
-                    )
-                except (ValueError, TypeError, KeyError) as error:
+                    if path == RECORDS_PATH:
+                        status, document = server._feed(query)
+                    elif path == USAGE_PATH:
+                        if not isinstance(query, dict) or not {"meter", "start", "end"} <= set(
+                            query
+                        ):
+                            raise ValueError("want a JSON object with meter, start and end")
+                        status, document = server.answer(query)
+                    else:
+                        status, document = 404, {"error": f"POST {USAGE_PATH} or {RECORDS_PATH}"}
+                except (ValueError, TypeError, KeyError, ArithmeticError) as error:
                     status, document = 400, {"error": str(error)}
-                with server._lock:
-                    server.queries.append(
-                        UsageQueryLog(query if isinstance(query, dict) else {}, status, document)
-                    )
+                if path == USAGE_PATH:
+                    with server._lock:
+                        server.queries.append(
+                            UsageQueryLog(
+                                query if isinstance(query, dict) else {}, status, document
+                            )
+                        )
                 payload = json.dumps(document).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
