@@ -9,8 +9,9 @@ import time
 BENCHMARKS = {
     "webhook": "bench.webhook",
     "worker": "bench.worker_throughput",
+    "guard": "bench.guard_correctness",
 }
-ALIASES = {"worker_throughput": "worker"}
+ALIASES = {"worker_throughput": "worker", "guard_correctness": "guard"}
 
 
 def main(argv: list[str]) -> int:

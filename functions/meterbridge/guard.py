@@ -190,7 +190,10 @@ class InvoiceGuard:
         confirmed = self._confirm(invoice, reports, now, at_risk=at_risk)
         expected = [r for r in reports if r.get("status") != ReportStatus.SKIPPED.value]
         outcome.confirmed = sum(1 for r in expected if r["identifier"] in confirmed)
-        outcome.unconfirmed = len(expected) - outcome.confirmed
+        # The by_invoice index is eventually consistent: reports it does not show yet are
+        # unconfirmed, never a reason to release a hold.
+        unseen = max(0, int(record.get("report_count") or 0) - len(reports))
+        outcome.unconfirmed = len(expected) - outcome.confirmed + unseen
         all_confirmed = outcome.unconfirmed == 0
         context = {"invoice_id": invoice.id, "check": request.check}
 
@@ -315,13 +318,20 @@ class InvoiceGuard:
         grace period is not documented by Stripe — see README, "Invoice guard").
         """
         scheduled = record.get("scheduled_finalization_at")
+        # Resume only with time to spare: re-enabling auto_advance after the schedule has
+        # passed leaves the finalization time to Stripe (undocumented), so near or past it
+        # the draft is finalized explicitly.
+        spare = self.policy.confirmation_margin_seconds
         try:
-            if scheduled is not None and invoice_now < int(scheduled):
-                self._gateway.resume_invoice(invoice.id)
+            action = "finalize"
+            if scheduled is not None and invoice_now + spare < int(scheduled):
+                resumed = self._gateway.resume_invoice(invoice.id)
                 action = "auto_advance"
-            else:
+                due = resumed.get("automatically_finalizes_at")
+                if due is None or int(due) <= self.invoice_now(invoice, invoice_now):
+                    action = "finalize"
+            if action == "finalize":
                 self._gateway.finalize_invoice(invoice.id)
-                action = "finalize"
         except PermanentError:
             current = self._gateway.invoice(invoice.id)
             if current.get("status") == "draft":

@@ -202,7 +202,9 @@ def test_hold_released_before_the_schedule_gives_the_draft_back_to_stripe(
     world: GuardWorld, emulator: StripeEmulator, ledger: Ledger, ledger_table: str, queue_url: str
 ) -> None:
     emulator.set_faults(aggregation_lag_seconds=0.0)
-    worker = guard_worker(emulator, ledger_table, queue_url, "hold")
+    worker = guard_worker(
+        emulator, ledger_table, queue_url, "hold", CONFIRMATION_MARGIN_SECONDS="600"
+    )
     renewal = world.subscribe(usage="5")
     process_created(world, worker, renewal)
 
