@@ -200,7 +200,9 @@ def last_month_start(months_back: int) -> int:
     return add_months(int(time.time()) - DAY, -months_back)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the stack (its threads, its environment variables) ends with the e2e tests
+# instead of running on under the rest of the session.
+@pytest.fixture(scope="package")
 def e2e(aws: MotoServer) -> Iterator[E2E]:
     handlers = Handlers()
     with (

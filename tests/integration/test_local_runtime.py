@@ -410,6 +410,7 @@ def test_local_stack_wires_front_queue_and_worker(aws: MotoServer) -> None:
 
     worker = Recorder()
     saved = dict(os.environ)
+    threads_before = set(threading.enumerate())
     with LocalStack(
         aws=aws,
         stack_name=f"stack-{uuid.uuid4().hex[:8]}",
@@ -432,8 +433,8 @@ def test_local_stack_wires_front_queue_and_worker(aws: MotoServer) -> None:
     assert seen_environment["USAGE_SOURCE"] == "http://127.0.0.1:9/usage"
     assert "STRIPE_SECRET_ARN" not in seen_environment
     assert dict(os.environ) == saved  # restored on stop
-    running = [t.name for t in threading.enumerate()]
-    assert [n for n in running if n.startswith(("http-front-", "sqs-poller-", "invoke-"))] == []
+    started = [t.name for t in set(threading.enumerate()) - threads_before]
+    assert [n for n in started if n.startswith(("http-front-", "sqs-poller-", "invoke-"))] == []
 
 
 def _sign(payload: bytes, secret: str) -> str:
