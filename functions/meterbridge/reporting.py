@@ -297,6 +297,38 @@ class UsageReporter:
         )
         return usage_value(self._usage.usage(query))
 
+    # --- for operators (`meterbridge report`): the worker's own planning and sending -----
+
+    @property
+    def gateway(self) -> StripeGateway:
+        """Stripe as the worker reaches it; operator tools read invoices and meters with it."""
+        return self._gateway
+
+    def plan_invoice(self, invoice: Invoice) -> list[PlannedReport]:
+        """The reports `report_invoice` would make for this invoice (every line page)."""
+        return self._plan(invoice)
+
+    def tenant_of(self, invoice: Invoice) -> str | None:
+        """The customer's tenant as `report_invoice` reads it (PermanentError if unusable)."""
+        return self._tenant(invoice)
+
+    def usage_of(self, plan: PlannedReport, tenant: str | None) -> Decimal:
+        """The usage source's value for one planned report, now."""
+        return self._usage_of(plan, tenant)
+
+    def report_plan(
+        self, invoice: Invoice, plan: PlannedReport, tenant: str | None, now: int
+    ) -> str:
+        """Claim, send and record one planned report exactly as `report_invoice` does."""
+        return self._report(plan, tenant, now, self._clock_offset(invoice, now))
+
+    def with_usage_source(self, usage_source: UsageSource) -> "UsageReporter":
+        """This reporter with usage from elsewhere (an operator's correction delta). The
+        guard is shared only to read the invoice's clock; it keeps the real usage source."""
+        other = UsageReporter(self._gateway, self._ledger, usage_source, self._policy, self.clock)
+        other.guard = self.guard
+        return other
+
     def _usage_of(self, plan: PlannedReport, tenant: str | None) -> Decimal:
         started = time.perf_counter()
         try:
