@@ -1,7 +1,8 @@
 """`meterbridge dlq | status | report | verify`: argument parsing and exit codes.
 
 Exit status: 0 done and healthy; 1 done but something needs attention (a replay left
-messages behind, an invoice not found, a report failed or differs, a verify step failed);
+messages behind, an invoice not found, a report failed, late, unconfirmed close to
+finalization, mismatched on the finalized invoice or differing, a verify step failed);
 2 bad input or unreachable target (OperatorError, printed as one line).
 """
 
@@ -192,7 +193,9 @@ def _register_status(subparsers: Any, aws: argparse.ArgumentParser) -> None:
     status = subparsers.add_parser("status", help="what the ledger recorded")
     kinds = status.add_subparsers(dest="status_command", required=True, metavar="WHAT")
     invoice = kinds.add_parser(
-        "invoice", parents=[aws], help="every report of one invoice (status, value, deadline)"
+        "invoice",
+        parents=[aws],
+        help="every report of one invoice (status, value, deadline, confirmation, reconciliation)",
     )
     invoice.add_argument("invoice_id", metavar="ID")
     invoice.set_defaults(run=run_status_invoice)
@@ -219,7 +222,7 @@ def run_status_invoice(args: argparse.Namespace, out: TextIO | None = None) -> i
         )
         return 1
     render.invoice_summaries(console, [summary])
-    return 0
+    return 1 if summary.needs_attention else 0
 
 
 def run_status_customer(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -232,7 +235,7 @@ def run_status_customer(args: argparse.Namespace, out: TextIO | None = None) -> 
         console.print(f"No ledger records for customer {args.customer_id}{since}.")
         return 1
     render.invoice_summaries(console, summaries)
-    return 0
+    return 1 if any(summary.needs_attention for summary in summaries) else 0
 
 
 def _ledger(read: Any) -> Any:

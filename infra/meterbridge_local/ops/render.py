@@ -110,37 +110,55 @@ def invoice_summaries(out: Console, summaries: list[InvoiceSummary]) -> None:
         header = f"invoice {summary.invoice_id}: {summary.status}"
         if summary.reason:
             header += f" — {summary.reason}"
+        for part in (summary.guard, summary.reconciliation):
+            if part:
+                header += f"; {part}"
         out.print(header)
         if not summary.reports:
             out.print("  (no reports)")
-            continue
-        table = Table()
-        for column in (
-            "identifier",
-            "status",
-            "value",
-            "service period",
-            "deadline",
-            "sent at",
-            "tries",
-            "last error",
-        ):
-            table.add_column(column, overflow="fold")
-        for row in summary.reports:
-            style = {"sent": "green", "late": "yellow", "failed": "red"}.get(
-                row.status.split(" ")[0]
-            )
-            table.add_row(
-                row.identifier,
-                f"[{style}]{row.status}[/{style}]" if style else row.status,
-                row.value,
-                row.period,
-                row.deadline,
-                row.sent_at,
-                str(row.attempts),
-                row.last_error,
-            )
-        out.print(table)
+        else:
+            out.print(_reports_table(summary))
+        for reason in summary.attention:
+            out.print(f"  [red]needs attention:[/red] {reason}")
+
+
+def _reports_table(summary: InvoiceSummary) -> Table:
+    table = Table()
+    for column in (
+        "identifier",
+        "status",
+        "value",
+        "service period",
+        "deadline",
+        "sent at",
+        "tries",
+        "confirmation",
+        "reconciliation",
+        "last error",
+    ):
+        table.add_column(column, overflow="fold")
+    # Identifiers are what operators copy (into `report`, Stripe's dashboard): never folded.
+    table.columns[0].min_width = max(len(row.identifier) for row in summary.reports)
+    for row in summary.reports:
+        table.add_row(
+            row.identifier,
+            _styled(row.status, {"sent": "green", "late": "yellow", "failed": "red"}),
+            row.value,
+            row.period,
+            row.deadline,
+            row.sent_at,
+            str(row.attempts),
+            _styled(row.confirmation, {"confirmed": "green", "missing": "red"}),
+            _styled(row.reconciliation, {"reconciled": "green", "mismatch": "red"}),
+            row.last_error,
+        )
+    return table
+
+
+def _styled(text: str, styles: dict[str, str]) -> str:
+    """Colour a cell by its first word (rich markup is dropped when not a terminal)."""
+    style = styles.get(text.split(" ", maxsplit=1)[0].rstrip(",:"))
+    return f"[{style}]{text}[/{style}]" if style else text
 
 
 def report_run(out: Console, run: ReportRun) -> None:
@@ -150,6 +168,8 @@ def report_run(out: Console, run: ReportRun) -> None:
         out.print(f"reporting {run.invoice_id}: {run.outcome.result} ({detail})")
     if run.error:
         out.print(f"[red]reporting {run.invoice_id} failed:[/red] {run.error}")
+    if run.confirmation:
+        out.print(run.confirmation)
     if not run.corrections:
         return
     table = Table(title="usage source now vs what Stripe counts")
