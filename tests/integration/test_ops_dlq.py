@@ -13,24 +13,14 @@ from meterbridge.adapters.ledger import Ledger, create_ledger_table
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.cli import StripeTarget, _print_summary, main
 from meterbridge_local.stack import LocalStack
+from tests.support.ops import cli, queue_with_dead_letters
 from tests.support.stripe_events import snapshot_event
 from tests.support.worker import enqueue
 
 
 @pytest.fixture
 def queues(aws: MotoServer) -> dict[str, str]:
-    sqs = boto3.client("sqs")
-    suffix = uuid.uuid4().hex[:8]
-    dlq = sqs.create_queue(QueueName=f"dlq-{suffix}")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    queue = sqs.create_queue(
-        QueueName=f"events-{suffix}",
-        Attributes={
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
-        },
-    )["QueueUrl"]
+    queue, dlq = queue_with_dead_letters("events", max_receive_count=3)
     return {"queue": queue, "dlq": dlq}
 
 
@@ -66,12 +56,6 @@ def visible(queue_url: str) -> int:
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"  # all released
     return int(attributes["ApproximateNumberOfMessages"])
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def dead_letter(queues: dict[str, str], *events: dict[str, Any]) -> None:

@@ -1,9 +1,7 @@
 """`meterbridge status` and `meterbridge report` over a ledger written by real worker runs:
 SQS (moto) → worker handler → Stripe billing emulator (real SDK) → DynamoDB ledger (moto)."""
 
-import json
 import time
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,27 +14,20 @@ from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.aws import MotoServer
-from meterbridge_local.cli import main
 from meterbridge_local.lambda_runtime import FunctionConfig, SqsPoller
 from meterbridge_local.resources import SqsEventSource
 from meterbridge_local.stripe_emulator import StripeEmulator
-from tests.support.lambda_context import FakeLambdaContext
+from tests.support import worker as support
+from tests.support.guard import receive, run_records
+from tests.support.ops import cli, queue_with_dead_letters
 from tests.support.worker import (
-    API_KEY,
     USAGE,
     Billing,
     emulator,
-    enqueue,
-    failed_ids,
     fresh_emulator_faults,
-    invoice_created,
     ledger,
     ledger_table,
-    make_worker,
     queue_url,
-    receive_batch,
-    subscription_item_of,
-    usage_source_down,
 )
 
 __all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
@@ -59,10 +50,9 @@ class Case:
         return self.billing.renewal(self.customer["id"], [self.price], **overrides)
 
     def run_worker(self, invoice: dict[str, Any], **env: str) -> set[str]:
-        enqueue(self.queue, invoice_created(invoice))
-        worker = make_worker(self.emulator, self.table, self.queue, env={**NO_GUARD, **env})
-        event = receive_batch(self.queue, 1)
-        return failed_ids(worker_module.handler(event, FakeLambdaContext(), worker=worker))
+        support.enqueue(self.queue, support.invoice_created(invoice))
+        worker = support.make_worker(self.emulator, self.table, self.queue, env={**NO_GUARD, **env})
+        return run_records(worker, self.queue, receive(self.queue))
 
     def events(self) -> list[dict[str, Any]]:
         return [
@@ -84,15 +74,11 @@ def case(
     meter = billing.meter()
     customer = billing.customer()
     USAGE[(customer["id"], meter["event_name"])] = "100"
-    # What `meterbridge report` reads: the worker's own settings.
-    for name, value in {
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": fresh_emulator_faults.url,
-        "STRIPE_MAX_NETWORK_RETRIES": "0",
-        "LEDGER_TABLE": ledger_table,
-        "USAGE_SOURCE": "python://tests.support.worker:usage",
-    }.items():
-        monkeypatch.setenv(name, value)
+    # What `meterbridge report` reads: the worker's own settings (no QUEUE_URL: no guard).
+    environment = support.worker_environment(fresh_emulator_faults, ledger_table, queue_url)
+    for name, value in environment.items():
+        if name != "QUEUE_URL":
+            monkeypatch.setenv(name, value)
     return Case(
         fresh_emulator_faults,
         billing,
@@ -105,16 +91,10 @@ def case(
     )
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def identifier(invoice: dict[str, Any], revision: int = 0) -> str:
     line = invoice["lines"]["data"][0]
     period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
-    return report_identifier(subscription_item_of(line), period, revision)
+    return report_identifier(support.subscription_item_of(line), period, revision)
 
 
 def counted_by_stripe(case: Case, invoice: dict[str, Any]) -> Decimal:
@@ -177,11 +157,11 @@ def test_report_backfills_a_report_that_failed_while_the_usage_source_was_down(
     case: Case, capsys: pytest.CaptureFixture[str]
 ) -> None:
     invoice = case.invoice()
-    usage_source_down(True)
+    support.usage_source_down(True)
     try:
         assert case.run_worker(invoice)  # transient failure: the record is retried later
     finally:
-        usage_source_down(False)
+        support.usage_source_down(False)
     assert case.events() == []
 
     code, output = cli(capsys, "report", "--invoice", invoice["id"])
@@ -267,22 +247,11 @@ def test_poison_event_to_dead_letter_queue_then_fix_replay_and_status_shows_sent
     case: Case, aws: MotoServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The issue's "done when", as the runbook tells an operator to do it."""
-    sqs = boto3.client("sqs")
-    suffix = uuid.uuid4().hex[:8]
-    dlq = sqs.create_queue(QueueName=f"poison-dlq-{suffix}")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    queue = sqs.create_queue(
-        QueueName=f"poison-{suffix}",
-        Attributes={
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2})
-        },
-    )["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    worker = make_worker(
+    queue, _ = queue_with_dead_letters("poison", max_receive_count=2)
+    queue_arn = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=queue, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    worker = support.make_worker(
         case.emulator, case.table, queue, env={**NO_GUARD, "TENANT_METADATA_KEY": "tenant"}
     )
     poller = SqsPoller(
@@ -302,8 +271,8 @@ def test_poison_event_to_dead_letter_queue_then_fix_replay_and_status_shows_sent
         visibility_timeout=30,  # the worker itself makes failed records visible again at once
     )
     invoice = case.invoice()  # the customer has no metadata["tenant"]: a poison event
-    event = invoice_created(invoice)
-    enqueue(queue, event)
+    event = support.invoice_created(invoice)
+    support.enqueue(queue, event)
     assert poller.drain(timeout=30)
     where = ["--queue-url", queue, "--ledger-table", case.table]
 
