@@ -146,9 +146,14 @@ class InvoiceGuard:
         logger.info("draft not held", extra={"invoice_id": invoice.id, "reason": reason})
         return "not_held"
 
+    @property
+    def confirms(self) -> bool:
+        """Whether start_confirmation queues checks (INVOICE_GUARD on and a queue to use)."""
+        return self.policy.mode != "off" and self._queue is not None
+
     def start_confirmation(self, invoice: Invoice, now: int) -> bool:
         """Queue the first check once per invoice (a redelivered event finds it queued)."""
-        if self.policy.mode == "off" or self._queue is None:
+        if not self.confirms or self._queue is None:
             return False
         record = self._ledger.invoice(invoice.id) or {}
         if record.get("confirmation_scheduled_at") is not None:

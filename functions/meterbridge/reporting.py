@@ -16,7 +16,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from meterbridge.adapters.ledger import Claim, Ledger
+from meterbridge.adapters.ledger import Claim, EventMemory, Ledger
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
 from meterbridge.domain.eligibility import ineligibility_reason, reported_line_meters
@@ -66,6 +66,7 @@ class EventOutcome:
     result: str  # reported | skipped | duplicate_event | reconciled | mismatch | … | ignored
     reason: str | None = None
     reports: dict[str, str] = field(default_factory=dict)  # identifier → status
+    event_remembered: bool = False  # the event's memory was written with the invoice record
 
 
 class UsageReporter:
@@ -100,7 +101,8 @@ class UsageReporter:
             document = (event.get("data") or {}).get("object")
             if not isinstance(document, dict):
                 raise PermanentError(f"event {envelope.id} carries no invoice")
-            outcome = self.report_invoice(document, now)
+            memory = EventMemory(envelope.id, envelope.type, self._policy.event_memory_seconds)
+            outcome = self.report_invoice(document, now, remember=memory)
             outcome.event_id, outcome.event_type = envelope.id, envelope.type
         elif envelope.type == INVOICE_FINALIZED and self.guard is not None:
             if event is None:
@@ -118,12 +120,17 @@ class UsageReporter:
         else:
             logger.info("event type ignored", extra={"stripe_event_type": envelope.type})
             outcome = EventOutcome(envelope.id, envelope.type, "ignored")
-        self._ledger.remember_event(
-            envelope.id, envelope.type, now, self._policy.event_memory_seconds
-        )
+        if not outcome.event_remembered:
+            self._ledger.remember_event(
+                envelope.id, envelope.type, now, self._policy.event_memory_seconds
+            )
         return outcome
 
-    def report_invoice(self, document: dict[str, Any], now: int) -> EventOutcome:
+    def report_invoice(
+        self, document: dict[str, Any], now: int, *, remember: EventMemory | None = None
+    ) -> EventOutcome:
+        """Report one invoice's usage. With `remember`, a successful outcome is written
+        together with the event's memory (one ledger round trip instead of two)."""
         invoice_id = str(document.get("id"))
         try:
             invoice = Invoice.model_validate(document)
@@ -146,12 +153,10 @@ class UsageReporter:
             if not plans:
                 reason = "no line is priced by a meter that meterbridge reports"
         if reason is not None:
-            self._ledger.record_invoice(
-                invoice.id, invoice.customer_id, status="skipped", reason=reason, now=now
-            )
+            self._record_invoice(invoice, "skipped", reason, now, 0, remember)
             count("InvoicesSkipped")
             logger.info("invoice skipped", extra={**context, "reason": reason})
-            return EventOutcome("", "", "skipped", reason=reason)
+            return EventOutcome("", "", "skipped", reason=reason, event_remembered=bool(remember))
 
         if self.guard is not None:
             self.guard.hold(invoice, now)
@@ -169,13 +174,15 @@ class UsageReporter:
                 statuses[plan.identifier] = "failed"
                 permanent.append(f"{plan.identifier}: {error}")
         failed = transient + permanent
-        self._ledger.record_invoice(
-            invoice.id,
-            invoice.customer_id,
-            status="failed" if failed else "reported",
-            reason="; ".join(failed)[:1000] or None,
-            now=now,
-            report_count=len(plans),
+        self._record_invoice(
+            invoice,
+            "failed" if failed else "reported",
+            "; ".join(failed)[:1000] or None,
+            now,
+            len(plans),
+            # A failed event must be retried, not remembered; with confirmation checks the
+            # event is remembered only after the first check is queued (by `handle`).
+            None if failed or self._confirms else remember,
         )
         if self.guard is not None:
             # Also after failures: a held draft must reach its release check even if the
@@ -186,7 +193,41 @@ class UsageReporter:
             raise TransientError("; ".join(transient))
         if permanent:
             raise PermanentError("; ".join(permanent))
-        return EventOutcome("", "", "reported", reports=statuses)
+        remembered = remember is not None and not self._confirms
+        return EventOutcome("", "", "reported", reports=statuses, event_remembered=remembered)
+
+    @property
+    def _confirms(self) -> bool:
+        return self.guard is not None and self.guard.confirms
+
+    def _record_invoice(  # noqa: PLR0917 - private; mirrors Ledger.record_invoice
+        self,
+        invoice: Invoice,
+        status: str,
+        reason: str | None,
+        now: int,
+        report_count: int,
+        remember: EventMemory | None,
+    ) -> None:
+        if remember is None:
+            self._ledger.record_invoice(
+                invoice.id,
+                invoice.customer_id,
+                status=status,
+                reason=reason,
+                now=now,
+                report_count=report_count,
+            )
+        else:
+            self._ledger.record_invoice_and_event(
+                invoice.id,
+                invoice.customer_id,
+                status=status,
+                reason=reason,
+                now=now,
+                report_count=report_count,
+                event=remember,
+            )
 
     def _clock_offset(self, invoice: Invoice, now: int) -> int:
         """Lateness is judged on the invoice's clock: a test clock runs weeks in the past."""
@@ -243,21 +284,44 @@ class UsageReporter:
             "customer_id": plan.customer_id,
             "identifier": plan.identifier,
         }
-        claim = self._ledger.claim(plan, now, self._policy.lease_seconds)
+        # Usage first, so that a report nobody has touched yet is claimed together with its
+        # value in one ledger write. Whatever an earlier attempt recorded still wins below:
+        # the general claim hands back the value that may already have reached Stripe.
+        timestamp: int | Exception
+        value: Decimal | Exception
+        try:
+            timestamp = meter_event_timestamp(plan.period, now, plan.test_clock)
+            value = self._usage_of(plan, tenant)
+        except (TransientError, PermanentError) as error:
+            timestamp = value = error
+        claim: Claim | None = None
+        ready = isinstance(value, Decimal) and isinstance(timestamp, int)
+        if ready and (value != 0 or self._policy.report_zero_usage):
+            assert isinstance(value, Decimal)
+            assert isinstance(timestamp, int)
+            claim = self._ledger.claim_new(plan, value, timestamp, now, self._policy.lease_seconds)
+        fresh = claim is not None
+        if claim is None:
+            claim = self._ledger.claim(plan, now, self._policy.lease_seconds)
         if claim is None:
             count("ReportsAlreadyRecorded")
             logger.info("report already recorded; not sent again", extra=context)
             return "already_recorded"
         try:
-            timestamp = claim.timestamp or meter_event_timestamp(plan.period, now, plan.test_clock)
-            value = claim.value if claim.value is not None else self._usage_of(plan, tenant)
+            if claim.value is not None and claim.timestamp is not None:
+                value, timestamp = claim.value, claim.timestamp
+            if isinstance(value, Exception):
+                raise value
+            if isinstance(timestamp, Exception):
+                raise timestamp
             if value == 0 and not self._policy.report_zero_usage:
                 self._ledger.mark_skipped(
                     claim, reason="zero usage (REPORT_ZERO_USAGE=false)", now=now
                 )
                 count("ReportsSkipped")
                 return "skipped"
-            self._ledger.record_value(claim, value, timestamp, now)
+            if not fresh:
+                self._ledger.record_value(claim, value, timestamp, now)
             receipt = self._send(plan, value, timestamp)
         except (TransientError, PermanentError) as error:
             self._fail(claim, error, now, context)

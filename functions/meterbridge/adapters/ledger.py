@@ -110,6 +110,24 @@ class Claim:
     timestamp: int | None = None
 
 
+@dataclass(frozen=True)
+class EventMemory:
+    """A processed Stripe event to remember (until TTL) so a redelivery is recognised."""
+
+    event_id: str
+    event_type: str
+    memory_seconds: int
+
+    def item(self, now: int) -> dict[str, Any]:
+        return {
+            PARTITION_KEY: f"{EVENT}#{self.event_id}",
+            SORT_KEY: EVENT,
+            "event_type": self.event_type,
+            "processed_at": iso(now),
+            TTL_ATTRIBUTE: now + self.memory_seconds,
+        }
+
+
 def iso(moment: int) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
 
@@ -217,6 +235,45 @@ class Ledger:
             value=Decimal(item["value"]) if reusable else None,
             timestamp=int(item["timestamp"]) if reusable and "timestamp" in item else None,
         )
+
+    def claim_new(
+        self, report: PlannedReport, value: Decimal, timestamp: int, now: int, lease_seconds: int
+    ) -> Claim | None:
+        """Claim a report no attempt has touched yet, with the value about to be sent, in one
+        write (claim + record_value of the general path). None when the report already
+        exists: the caller then takes `claim`, which decides reuse and leases."""
+        item = {
+            **report_key(report.identifier),
+            "status": ReportStatus.PENDING.value,
+            "lease_expires_at": now + lease_seconds,
+            "attempts": 1,
+            "identifier": report.identifier,
+            INVOICE_ID: report.invoice_id,
+            CUSTOMER_ID: report.customer_id,
+            "subscription_item_id": report.subscription_item_id,
+            "meter_id": report.meter.id,
+            "meter_event_name": report.meter.event_name,
+            "period_start": report.period.start,
+            "period_end": report.period.end,
+            "finalizes_at": report.finalizes_at,
+            "livemode": report.livemode,
+            CREATED_AT: iso(now),
+            "updated_at": iso(now),
+            "value": str(value),
+            "timestamp": timestamp,
+        }
+        try:
+            self._dynamo(
+                lambda: self._client.put_item(
+                    TableName=self._table,
+                    Item=_encode(item),
+                    ConditionExpression="attribute_not_exists(pk)",
+                ),
+                conditional=True,
+            )
+        except _ConditionFailed:
+            return None
+        return Claim(identifier=report.identifier, attempt=1, value=value, timestamp=timestamp)
 
     def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None:
         """Write down what is about to be sent, before sending it."""
@@ -331,10 +388,42 @@ class Ledger:
             now,
         )
 
+    def record_invoice_and_event(
+        self,
+        invoice_id: str,
+        customer_id: str,
+        *,
+        status: str,
+        reason: str | None,
+        now: int,
+        report_count: int,
+        event: "EventMemory",
+    ) -> None:
+        """record_invoice and remember_event in one round trip (a transaction: both or
+        neither, so an event is never remembered without its invoice's outcome)."""
+        update = self._invoice_update(
+            invoice_id,
+            customer_id,
+            {"status": status, "reason": reason, "report_count": report_count},
+            now,
+        )
+        items: Any = [
+            {"Update": {"TableName": self._table, **update}},
+            {"Put": {"TableName": self._table, "Item": _encode(event.item(now))}},
+        ]
+        self._dynamo(lambda: self._client.transact_write_items(TransactItems=items))
+
     def update_invoice(
         self, invoice_id: str, customer_id: str, fields: dict[str, Any], now: int
     ) -> None:
         """SET the given attributes (None removes one) on the invoice's item, creating it."""
+        update = self._invoice_update(invoice_id, customer_id, fields, now)
+        self._dynamo(lambda: self._client.update_item(TableName=self._table, **update))
+
+    @staticmethod
+    def _invoice_update(
+        invoice_id: str, customer_id: str, fields: dict[str, Any], now: int
+    ) -> dict[str, Any]:
         names = {"#created": CREATED_AT, "#invoice": INVOICE_ID, "#customer": CUSTOMER_ID}
         values: dict[str, Any] = {
             ":created": iso(now),
@@ -356,15 +445,12 @@ class Ledger:
                 values[f":f{index}"] = value
                 sets.append(f"#f{index} = :f{index}")
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-        self._dynamo(
-            lambda: self._client.update_item(
-                TableName=self._table,
-                Key=_encode({PARTITION_KEY: f"{INVOICE}#{invoice_id}", SORT_KEY: INVOICE}),
-                UpdateExpression=expression,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_encode(values),
-            )
-        )
+        return {
+            "Key": _encode({PARTITION_KEY: f"{INVOICE}#{invoice_id}", SORT_KEY: INVOICE}),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": _encode(values),
+        }
 
     def begin_hold(
         self,
@@ -587,13 +673,7 @@ class Ledger:
         return bool(item) and int(_decode(item).get(TTL_ATTRIBUTE, now + 1)) > now
 
     def remember_event(self, event_id: str, event_type: str, now: int, memory_seconds: int) -> None:
-        item = {
-            PARTITION_KEY: f"{EVENT}#{event_id}",
-            SORT_KEY: EVENT,
-            "event_type": event_type,
-            "processed_at": iso(now),
-            TTL_ATTRIBUTE: now + memory_seconds,
-        }
+        item = EventMemory(event_id, event_type, memory_seconds).item(now)
         self._dynamo(lambda: self._client.put_item(TableName=self._table, Item=_encode(item)))
 
     # --- plumbing -----------------------------------------------------------------------

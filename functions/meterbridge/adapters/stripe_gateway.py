@@ -8,6 +8,7 @@ Timeouts, retries and error classes are decided here so the worker never sees an
   (STRIPE.md, "Meter events"): AlreadyDelivered, never a failure.
 """
 
+import os
 import random
 import threading
 import time
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import requests
+import requests.adapters
 import stripe
 
 from meterbridge.errors import AlreadyDelivered, PermanentError, TransientError
@@ -55,13 +58,14 @@ class StripeGateway:
         rate_limit_retries: int = 3,
         rate_limit_backoff_seconds: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        pool_size: int = 16,
     ):
         base_addresses: Any = {"api": api_base, "meter_events": api_base} if api_base else None
         self._client = stripe.StripeClient(
             api_key,
             base_addresses=base_addresses,
             max_network_retries=max_network_retries,
-            http_client=stripe.RequestsClient(timeout=timeout_seconds),
+            http_client=_http_client(timeout_seconds, pool_size),
         )
         self._rate_limit_retries = rate_limit_retries
         self._rate_limit_backoff = rate_limit_backoff_seconds
@@ -216,6 +220,24 @@ class StripeGateway:
                 attempt += 1
             except stripe.StripeError as error:
                 raise classify(error) from error
+
+
+def _http_client(timeout_seconds: float, pool_size: int) -> stripe.RequestsClient:
+    """One requests session for every thread, keeping up to `pool_size` connections per host.
+
+    stripe.RequestsClient otherwise gives each thread its own session, so a fresh thread
+    pool per SQS batch would open (and TLS-handshake) new connections on every invocation,
+    and requests' default pool of 10 would drop connections when more threads share one.
+    `trust_env` is off because it re-reads proxy settings from the environment on every
+    request (measurable CPU per call); an HTTPS_PROXY is passed on explicitly instead.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 1))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    return stripe.RequestsClient(timeout=timeout_seconds, session=session, proxy=proxy)
 
 
 class StripeDuplicate(AlreadyDelivered):

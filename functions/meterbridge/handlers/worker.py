@@ -42,16 +42,15 @@ class ConcurrentBatchProcessor(BatchProcessor):
     appends to lists, which is safe from threads, so only `process` changes.
     """
 
-    def __init__(self, concurrency: int):
+    def __init__(self, pool: ThreadPoolExecutor | None):
         super().__init__(EventType.SQS, raise_on_entire_batch_failure=False)
-        self._concurrency = concurrency
+        self._pool = pool
 
     def process(self) -> list[tuple[Any, ...]]:
         records = list(self.records)
-        if len(records) <= 1 or self._concurrency <= 1:
+        if len(records) <= 1 or self._pool is None:
             return super().process()
-        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(records))) as pool:
-            return list(pool.map(self._process_record, records))
+        return list(self._pool.map(self._process_record, records))
 
 
 @dataclass
@@ -64,8 +63,17 @@ class Worker:
     backoff_base_seconds: int = 30
     backoff_max_seconds: int = 900
 
+    def __post_init__(self) -> None:
+        # One pool per container, not per batch: its threads (and what they keep, such as
+        # connections) live on across warm invocations.
+        self._pool = (
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="record")
+            if self.concurrency > 1
+            else None
+        )
+
     def handle_batch(self, event: dict[str, Any]) -> PartialItemFailureResponse:
-        processor = ConcurrentBatchProcessor(self.concurrency)
+        processor = ConcurrentBatchProcessor(self._pool)
         with processor(records=event.get("Records", []), handler=self.handle_record):
             processor.process()
         return processor.response()
@@ -145,6 +153,7 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
         timeout_seconds=settings.stripe_timeout_seconds,
         max_network_retries=settings.stripe_max_network_retries,
         rate_limit_retries=settings.stripe_rate_limit_retries,
+        pool_size=settings.batch_concurrency,
     )
     usage_source = overrides.get("usage_source") or usage_source_from(
         settings.usage_source,
