@@ -14,7 +14,7 @@ from meterbridge_local.ops.report import ReportRun
 from meterbridge_local.ops.status import InvoiceSummary
 from meterbridge_local.ops.verify import Step
 
-WIDE = 200  # when not a terminal (CI logs, pipes): do not wrap tables into unreadable columns
+WIDE = 400  # when not a terminal (CI logs, pipes): never fold tables into unreadable columns
 
 
 def console(out: TextIO) -> Console:

@@ -77,10 +77,10 @@ def confirmation_text(item: dict[str, Any]) -> str:
         return "-"
     observed, expected = item.get("confirmation_observed"), item.get("confirmation_expected")
     if status == "confirmed":
-        return f"confirmed {_time(item.get('confirmed_at'))} (Stripe counts {observed})"
+        return f"confirmed (Stripe {observed})"
     if observed is None or expected is None:
         return str(status)
-    return f"{status}: Stripe counts {observed}, ledger expects {expected}"
+    return f"{status}: Stripe {observed}, ledger {expected}"
 
 
 def reconciliation_text(item: dict[str, Any]) -> str:
@@ -90,15 +90,15 @@ def reconciliation_text(item: dict[str, Any]) -> str:
         return "-"
     invoiced, expected = item.get("invoiced_quantity"), item.get("expected_quantity")
     if status != "mismatch":
-        return f"{status} (invoiced {invoiced})"
+        return f"{status} ({invoiced})"
     reason = item.get("mismatch_reason")
     if reason == "usage_changed":
-        detail = f"invoiced {invoiced}, usage source now {item.get('source_quantity')}"
+        numbers = f"invoiced {invoiced}, source now {item.get('source_quantity')}"
     elif reason == "no_value_recorded":
-        detail = f"invoiced {invoiced}, no value in the ledger"
+        numbers = f"invoiced {invoiced}, no value in the ledger"
     else:
-        detail = f"invoiced {invoiced}, ledger expects {expected}"
-    return f"mismatch {reason}: {detail}"
+        numbers = f"invoiced {invoiced}, ledger {expected}"
+    return f"mismatch: {numbers} ({reason})"
 
 
 @dataclass(frozen=True)
