@@ -16,6 +16,7 @@ trusting the send:
 - meter error reports (always): Stripe's asynchronous rejections mark reports failed.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterbridge.adapters.confirm_queue import ConfirmQueue
-from meterbridge.adapters.ledger import Ledger, ReportStatus
+from meterbridge.adapters.ledger import REJECTED, Ledger, ReportStatus
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.domain.guard import (
     GuardMode,
@@ -427,6 +428,8 @@ class InvoiceGuard:
             and "timestamp" in r
             and line.period.start <= int(r["timestamp"]) < line.period.end
         ]
+        replaced = superseded_rejections(peers)
+        peers = [r for r in peers if r.get("identifier") not in replaced]
         # What should be billed is what the usage source said, sent or not: a report that
         # failed to reach Stripe is exactly the loss reconciliation exists to show.
         expected = expected_aggregate(self._formula(meter_id), [_sent_usage(r) for r in peers])
@@ -520,6 +523,42 @@ class InvoiceGuard:
                 extra={"stripe_event_id": event_id, "errors": total, "matched": matched},
             )
         return matched
+
+
+_REVISION_SUFFIX = re.compile(r"-r(\d+)$")
+
+
+def superseded_rejections(reports: list[dict[str, Any]]) -> set[str]:
+    """Identifiers of reports Stripe rejected that a later, delivered revision of the same
+    report (subscription item and period) replaced: Stripe never counted the rejected one,
+    and the correction (`meterbridge report --force`) already carries its usage, so counting
+    both would expect the usage twice."""
+    groups: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
+    for report in reports:
+        key = (
+            report.get("subscription_item_id"),
+            report.get("period_start"),
+            report.get("period_end"),
+        )
+        groups.setdefault(key, []).append(report)
+    replaced: set[str] = set()
+    for members in groups.values():
+        delivered = [
+            m
+            for m in members
+            if m.get("status") in (ReportStatus.SENT.value, ReportStatus.LATE.value)
+            and m.get("failure_class") != REJECTED
+        ]
+        for rejected in (m for m in members if m.get("failure_class") == REJECTED):
+            if any(_revision_order(d) > _revision_order(rejected) for d in delivered):
+                replaced.add(str(rejected.get("identifier")))
+    return replaced
+
+
+def _revision_order(report: dict[str, Any]) -> tuple[int, str]:
+    """Revision from a readable identifier (`…-r2`), else -1; then when it was claimed."""
+    match = _REVISION_SUFFIX.search(str(report.get("identifier", "")))
+    return (int(match.group(1)) if match else -1, str(report.get("created_at", "")))
 
 
 def _sent_usage(report: dict[str, Any]) -> SentUsage:
