@@ -106,7 +106,12 @@ class WorkerSettings(StripeCredentialSettings):
     stripe_timeout_seconds: float = Field(10.0, alias="STRIPE_TIMEOUT_SECONDS", gt=0)
     stripe_max_network_retries: int = Field(2, alias="STRIPE_MAX_NETWORK_RETRIES", ge=0, le=10)
     stripe_rate_limit_retries: int = Field(3, alias="STRIPE_RATE_LIMIT_RETRIES", ge=0, le=10)
-    batch_concurrency: int = Field(16, alias="BATCH_CONCURRENCY", ge=1, le=64)
+    # Up to 128: with METER_EVENT_API=v2 a stream request carries what the threads hold (≤ 100).
+    batch_concurrency: int = Field(16, alias="BATCH_CONCURRENCY", ge=1, le=128)
+    # Meter-event requests per second a container starts at; the limiter adapts on 429.
+    meter_event_rate: float = Field(100.0, alias="METER_EVENT_RATE", gt=0)
+    # v2: how long a ready event waits for others to share its stream request.
+    stream_linger_seconds: float = Field(0.05, alias="STREAM_LINGER_SECONDS", ge=0, le=5)
     # Stripe retries webhooks for up to 3 days; remember event ids at least that long.
     event_memory_seconds: int = Field(4 * 86_400, alias="EVENT_MEMORY_SECONDS", ge=3 * 86_400)
     report_lease_seconds: int = Field(120, alias="REPORT_LEASE_SECONDS", gt=0)

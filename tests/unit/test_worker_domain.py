@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
 from meterbridge.domain.eligibility import ineligibility_reason, reported_line_meters
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice, ServicePeriod
 from meterbridge.domain.reports import (
@@ -283,3 +284,55 @@ def test_repeated_lines_of_one_item_and_period_make_one_report() -> None:
     assert len(plans) == 1
     assert plans[0].identifier == report_identifier("si_1", PERIOD)
     assert plans[0].finalizes_at == NOW
+
+
+# --- the adaptive meter-event rate limiter (fake clock: no waiting) ----------------------
+
+
+class _FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _limiter(rate: float, fake: _FakeTime) -> AdaptiveRateLimiter:
+    return AdaptiveRateLimiter(rate, clock=fake.clock, sleep=fake.sleep)
+
+
+def test_limiter_spaces_requests_evenly() -> None:
+    fake = _FakeTime()
+    limiter = _limiter(10, fake)
+    for _ in range(11):
+        limiter.acquire()
+    assert 0.9 <= fake.now <= 1.0  # 11 requests at 10/s (growing 10 %/s): about 1 s
+
+
+def test_limiter_halves_once_per_overload_towards_what_was_accepted() -> None:
+    fake = _FakeTime()
+    limiter = _limiter(60, fake)
+    for _ in range(20):
+        limiter.acquire()
+        limiter.on_success()
+    for _ in range(10):  # the in-flight requests of one overload all answer 429
+        limiter.on_rate_limited()
+    assert limiter.ceiling == 20  # accepted in the last second, not the 60/s asked for
+    assert limiter.rate == 10
+    assert limiter.rate_limited == 10
+
+
+def test_limiter_recovers_fast_to_the_ceiling_then_probes_slowly() -> None:
+    fake = _FakeTime()
+    limiter = _limiter(20, fake)
+    for _ in range(20):
+        limiter.acquire()
+        limiter.on_success()
+    limiter.on_rate_limited()
+    fake.now += 2
+    assert 18.9 <= limiter.rate <= 19.5  # back near 95 % of the ceiling within ~1 s
+    fake.now += 10
+    assert limiter.rate <= 20 * 1.25  # then only +2 % of the ceiling per second

@@ -8,12 +8,14 @@ Timeouts, retries and error classes are decided here so the worker never sees an
   (STRIPE.md, "Meter events"): AlreadyDelivered, never a failure.
 """
 
+import hashlib
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ import requests
 import requests.adapters
 import stripe
 
+from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
 from meterbridge.errors import AlreadyDelivered, PermanentError, TransientError
 
 T = TypeVar("T")
@@ -59,6 +62,9 @@ class StripeGateway:
         rate_limit_backoff_seconds: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int = 16,
+        meter_event_api: str = "v1",
+        meter_event_rate: float = 100.0,
+        stream_linger_seconds: float = 0.05,
     ):
         base_addresses: Any = {"api": api_base, "meter_events": api_base} if api_base else None
         self._client = stripe.StripeClient(
@@ -72,6 +78,15 @@ class StripeGateway:
         self._sleep = sleep
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._cache_lock = threading.Lock()
+        # One pace for every thread of the process (module docstring of rate_limiter).
+        self.meter_event_limiter = AdaptiveRateLimiter(meter_event_rate, sleep=sleep)
+        self._stream = (
+            MeterEventStream(self, linger_seconds=stream_linger_seconds)
+            if meter_event_api == "v2"
+            else None
+        )
+        self._session_lock = threading.Lock()
+        self._session: tuple[str, float] | None = None  # (token, expires at, unix seconds)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -168,8 +183,22 @@ class StripeGateway:
     def create_meter_event(
         self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
     ) -> MeterEventReceipt:
-        """Send one v1 meter event; the identifier doubles as the idempotency key so the
-        SDK's own retries and a later process's retry are the same request to Stripe."""
+        """Send one meter event; the identifier doubles as the idempotency key so the
+        SDK's own retries and a later process's retry are the same request to Stripe.
+
+        With METER_EVENT_API=v2 the event joins the process's stream batch and this call
+        returns once the request carrying it (≤ 100 events) was accepted."""
+        if self._stream is not None:
+            return self._stream.send(
+                {
+                    "event_name": event_name,
+                    "payload": payload,
+                    "identifier": identifier,
+                    "timestamp": datetime.fromtimestamp(timestamp, UTC)
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                }
+            )
         params: Any = {
             "event_name": event_name,
             "payload": payload,
@@ -181,13 +210,16 @@ class StripeGateway:
                 created = self._call(
                     lambda: self._client.v1.billing.meter_events.create(
                         params, {"idempotency_key": identifier}
-                    )
+                    ),
+                    limited=True,
                 )
             except IdempotencyKeyReused:
                 # An earlier request used this key with other parameters (e.g. usage recomputed
                 # after a crash). Let Stripe's identifier check decide instead: it answers
                 # "already exists" if the earlier one was accepted.
-                created = self._call(lambda: self._client.v1.billing.meter_events.create(params))
+                created = self._call(
+                    lambda: self._client.v1.billing.meter_events.create(params), limited=True
+                )
         except StripeDuplicate as duplicate:
             return MeterEventReceipt(request_id=duplicate.request_id, duplicate=True)
         response = created.last_response
@@ -205,21 +237,119 @@ class StripeGateway:
             self._cache[(kind, key)] = value
         return value
 
-    def _call(self, request: Callable[[], T]) -> T:
+    def stream_meter_events(self, events: list[dict[str, Any]]) -> None:
+        """One v2 meter_event_stream request (≤ 100 events) on the meter_events host,
+        authenticated by the cached session token; Stripe validates the events later."""
+        digest = hashlib.sha256("\n".join(e["identifier"] for e in events).encode())
+        key = f"mb-stream-{digest.hexdigest()[:40]}"
+        params: Any = {"events": events}
+        for renewed in (False, True):
+            token = self._session_token(renew=renewed)
+            try:
+                self._call(
+                    lambda token=token: self._client.v2.billing.meter_event_stream.create(  # type: ignore[misc]
+                        params, {"api_key": token, "idempotency_key": key}
+                    ),
+                    limited=True,
+                )
+                return
+            except PermanentError as error:
+                if renewed or not isinstance(error.__cause__, stripe.AuthenticationError):
+                    raise
+                # The session expired early (or was revoked): one retry with a new token.
+
+    def _session_token(self, *, renew: bool = False) -> str:
+        """A meter event session token, valid 15 minutes: reused until a minute before."""
+        with self._session_lock:
+            now = time.time()
+            if renew or self._session is None or self._session[1] - 60 <= now:
+                session = self._call(self._client.v2.billing.meter_event_session.create)
+                expires = datetime.fromisoformat(str(session.expires_at)).timestamp()
+                self._session = (session.authentication_token, expires)
+            return self._session[0]
+
+    def _call(self, request: Callable[[], T], *, limited: bool = False) -> T:
+        """Run one SDK call; 429s are retried here (the SDK does not). `limited` calls are
+        meter-event writes: they wait for the limiter's slot, and a 429 slows it down."""
+        limiter = self.meter_event_limiter if limited else None
         attempt = 0
         while True:
+            if limiter is not None:
+                limiter.acquire()
             try:
-                return request()
+                answer = request()
             except stripe.RateLimitError as error:
+                if limiter is not None:
+                    limiter.on_rate_limited()
                 if attempt >= self._rate_limit_retries:
                     raise TransientError(
                         f"Stripe rate limit (429) after {attempt + 1} attempts"
                     ) from error
-                # Full jitter keeps many concurrent workers from retrying in lock step.
-                self._sleep(random.uniform(0, self._rate_limit_backoff * 2**attempt))
+                if limiter is None:
+                    # Full jitter keeps many concurrent workers from retrying in lock step.
+                    self._sleep(random.uniform(0, self._rate_limit_backoff * 2**attempt))
                 attempt += 1
+                continue
             except stripe.StripeError as error:
                 raise classify(error) from error
+            if limiter is not None:
+                limiter.on_success()
+            return answer
+
+
+@dataclass(eq=False)  # identity: two equal events are still two reports
+class _Pending:
+    event: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+
+
+class MeterEventStream:
+    """Gathers the meter events of concurrent threads into v2 stream requests of ≤ 100.
+
+    Each report's thread hands its event in and waits: the request leaves when 100 events
+    are waiting, or when the oldest has waited `linger_seconds` (so a lone report is not
+    held back). Every event of a request shares its outcome — accepted, or the request's
+    error — so each thread still moves its own ledger report to `sent` or `failed`.
+    """
+
+    def __init__(
+        self, gateway: StripeGateway, *, linger_seconds: float = 0.05, max_events: int = 100
+    ):
+        self._gateway = gateway
+        self._linger = linger_seconds
+        self._max = max_events
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+
+    def send(self, event: dict[str, Any]) -> MeterEventReceipt:
+        item = _Pending(event)
+        with self._lock:
+            self._pending.append(item)
+            chunk = self._take() if len(self._pending) >= self._max else None
+        if chunk is None and not item.done.wait(self._linger):
+            with self._lock:
+                chunk = self._take() if item in self._pending else None
+        if chunk is not None:
+            self._flush(chunk)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return MeterEventReceipt(request_id=None)
+
+    def _take(self) -> list[_Pending]:
+        chunk, self._pending = self._pending[: self._max], self._pending[self._max :]
+        return chunk
+
+    def _flush(self, chunk: list[_Pending]) -> None:
+        error: Exception | None = None
+        try:
+            self._gateway.stream_meter_events([item.event for item in chunk])
+        except Exception as failure:  # every event of the request shares its fate
+            error = failure
+        for item in chunk:
+            item.error = error
+            item.done.set()
 
 
 def _http_client(timeout_seconds: float, pool_size: int) -> stripe.RequestsClient:

@@ -137,8 +137,6 @@ class Worker:
 def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Worker:
     """Wire the worker from settings; a missing variable fails here, naming it."""
     settings = load_settings(WorkerSettings, os.environ if environ is None else environ)
-    if settings.meter_event_api != "v1":
-        raise SettingsError("METER_EVENT_API=v2 (meter event stream) is not implemented yet")
     source = secret_source(settings)
     if isinstance(source, EnvironmentSecrets):
         source = EnvironmentSecrets(settings, usage_source_token=settings.usage_source_token)
@@ -154,6 +152,9 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
         max_network_retries=settings.stripe_max_network_retries,
         rate_limit_retries=settings.stripe_rate_limit_retries,
         pool_size=settings.batch_concurrency,
+        meter_event_api=settings.meter_event_api,
+        meter_event_rate=settings.meter_event_rate,
+        stream_linger_seconds=settings.stream_linger_seconds,
     )
     usage_source = overrides.get("usage_source") or usage_source_from(
         settings.usage_source,

@@ -1,0 +1,116 @@
+"""A process-wide pace for meter-event requests that finds Stripe's rate limit by itself.
+
+Stripe answers 429 above its meter-event limit (STRIPE.md: ~25/s sandbox, 1,000/s live,
+shared by every container of the account). 64 threads retrying 429s on their own turn
+into a 429 storm; one limiter per process spaces the requests instead:
+
+- requests get evenly spaced slots (a token bucket without burst) at `rate` per second;
+- a 429 halves the rate (multiplicative decrease), at most once per `cut_interval`, since
+  the requests already in flight answer 429 for the same overload;
+- the rate Stripe accepted during the last second before the cut (not the pace asked
+  for, which may be far above the limit) is remembered as the ceiling: the rate climbs
+  back to just under it quickly, then creeps above it slowly (additive increase) to find
+  out whether the limit moved. Without a known ceiling it grows slowly from `initial_rate`.
+
+Pure logic: the clock and sleep are injected, so it is tested without waiting.
+"""
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable
+
+
+class AdaptiveRateLimiter:
+    def __init__(
+        self,
+        initial_rate: float,
+        *,
+        min_rate: float = 1.0,
+        growth_per_second: float = 0.1,
+        probe_per_second: float = 0.02,
+        recovery_seconds: float = 0.3,
+        cut_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self._rate = max(initial_rate, min_rate)
+        self._min = min_rate
+        self._growth = growth_per_second
+        self._probe = probe_per_second
+        self._recovery = recovery_seconds
+        self._cut_interval = cut_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._ceiling: float | None = None
+        self._updated = clock()
+        self._next_slot = self._updated
+        self._last_cut = -math.inf
+        self._accepted: collections.deque[float] = collections.deque()
+        self.requests = 0
+        self.rate_limited = 0
+
+    @property
+    def rate(self) -> float:
+        with self._lock:
+            self._grow(self._clock())
+            return self._rate
+
+    @property
+    def ceiling(self) -> float | None:
+        return self._ceiling
+
+    def acquire(self) -> None:
+        """Wait for this request's slot."""
+        with self._lock:
+            now = self._clock()
+            self._grow(now)
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self._rate
+            self.requests += 1
+        if slot > now:
+            self._sleep(slot - now)
+
+    def on_success(self) -> None:
+        with self._lock:
+            now = self._clock()
+            self._accepted.append(now)
+            while self._accepted and self._accepted[0] <= now - 1.0:
+                self._accepted.popleft()
+
+    def on_rate_limited(self) -> None:
+        """Stripe answered 429: halve the pace (once per overload)."""
+        with self._lock:
+            now = self._clock()
+            self.rate_limited += 1
+            self._grow(now)
+            if now - self._last_cut < self._cut_interval:
+                return
+            self._last_cut = now
+            while self._accepted and self._accepted[0] <= now - 1.0:
+                self._accepted.popleft()
+            # Limits are per second: what was accepted in the last second is the estimate.
+            self._ceiling = max(self._min, min(self._rate, float(len(self._accepted))))
+            self._rate = max(self._min, min(self._rate, self._ceiling) / 2)
+            # Slots handed out at the old pace would keep overloading: space from now on.
+            self._next_slot = now + 1.0 / self._rate
+
+    def _grow(self, now: float) -> None:
+        elapsed = max(0.0, now - self._updated)
+        self._updated = now
+        if elapsed == 0:
+            return
+        ceiling = self._ceiling
+        if ceiling is None:
+            self._rate *= 1 + self._growth * elapsed
+            return
+        near = 0.95 * ceiling
+        if self._rate < near:
+            # Fast return towards the last rate that worked (exponential approach).
+            self._rate = near - (near - self._rate) * math.exp(-elapsed / self._recovery)
+            if self._rate >= near - 0.01 * ceiling:
+                self._rate = near
+        else:
+            self._rate += self._probe * ceiling * elapsed
