@@ -9,6 +9,7 @@ meter event); prices and meters are cached per container and warmed first, as in
 Lambda. Written into docs/benchmarks.md between the bench:worker markers.
 """
 
+import collections
 import json
 import os
 import socket
@@ -38,6 +39,12 @@ RUNS = int(os.environ.get("BENCH_WORKER_RUNS", "3"))
 CUSTOMERS = int(os.environ.get("BENCH_WORKER_CUSTOMERS", "50"))
 API_KEY = "sk_test_bench"
 LEDGER = "bench-ledger"
+FAILED_RECORDS: list[int] = []
+V2_CONCURRENCY = int(os.environ.get("BENCH_WORKER_V2_CONCURRENCY", "100"))
+V2_LINGER = os.environ.get("BENCH_WORKER_V2_LINGER", "1.0")
+V2_BATCH = int(os.environ.get("BENCH_WORKER_V2_BATCH", "100"))
+LIMIT = int(os.environ.get("BENCH_METER_EVENT_LIMIT", "20"))
+LIMITED_REPORTS = int(os.environ.get("BENCH_LIMITED_REPORTS", "300"))
 
 
 def _usage(query: UsageQuery) -> object:
@@ -130,9 +137,11 @@ def _measure(worker: Any, event: dict[str, Any]) -> Run:
     response = handler(event, _Context(), worker=worker)
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
-    if response["batchItemFailures"]:
-        raise RuntimeError(f"{len(response['batchItemFailures'])} records failed")
-    return Run(len(event["Records"]), elapsed, cpu)
+    # moto may answer 500 under many threads (real DynamoDB does not); such a record is a
+    # transient failure SQS would redeliver. Counted, not rated.
+    failed = len(response["batchItemFailures"])
+    FAILED_RECORDS.append(failed)
+    return Run(len(event["Records"]) - failed, elapsed, cpu)
 
 
 class _MotoProcess:
@@ -243,6 +252,35 @@ def _table(rows: list[tuple[str, int, list[Run], str]]) -> str:
     return "\n".join(lines)
 
 
+def _rate_limited_run() -> dict[str, Any]:
+    world = _world(meter_event_rate_limit=LIMIT)
+    try:
+        worker = _worker(world, 64, METER_EVENT_RATE=str(LIMIT * 3))
+        event = _records(world.customers, world.price, LIMITED_REPORTS)
+        rounds = 0
+        while event["Records"] and rounds < 10:
+            rounds += 1
+            response = handler(event, _Context(), worker=worker)
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+            event = {"Records": [r for r in event["Records"] if r["messageId"] in failed]}
+        events = [e for e in world.emulator.meter_events() if e["status"] == "accepted"]
+    finally:
+        world.emulator.stop()
+    limiter = worker.reporter.gateway.meter_event_limiter
+    times = sorted(float(e["received_at"]) for e in events)
+    identifiers = [e["identifier"] for e in events]
+    return {
+        "reports": LIMITED_REPORTS,
+        "rounds": rounds,
+        # n events over the span from the first to the last: n - 1 intervals.
+        "achieved": (len(times) - 1) / (times[-1] - times[0]),
+        "rate_limited": limiter.rate_limited,
+        "share": limiter.rate_limited / limiter.requests,
+        # The warm-up invocation's few reports are in the emulator's records too.
+        "once": "yes" if len(set(identifiers)) == len(identifiers) >= LIMITED_REPORTS else "NO",
+    }
+
+
 def run() -> None:
     from meterbridge.observability import logger
 
@@ -268,11 +306,21 @@ def run() -> None:
                 f"  pool {pooled_runs[-1].rate:.1f}/s ({pooled_runs[-1].cpu_ms_per_report:.2f}"
                 f" ms CPU/report)  sequential {sequential_runs[-1].rate:.1f}/s"
             )
+        streamed = _worker(
+            slow, V2_CONCURRENCY, METER_EVENT_API="v2", STREAM_LINGER_SECONDS=V2_LINGER
+        )
+        v2_runs = [
+            _measure(streamed, _records(slow.customers, slow.price, V2_BATCH)) for _ in range(RUNS)
+        ]
+        print(f"  v2 stream {_figures(v2_runs)}/s")
         events = slow.emulator.meter_events() + fast.emulator.meter_events()
+        limited = _rate_limited_run()
     finally:
         fast.emulator.stop()
         slow.emulator.stop()
         moto.stop()
+    v2_events = [e for e in events if e["source"] == "v2"]
+    v2_sizes = sorted(collections.Counter(e["idempotency_key"] for e in v2_events).values())
     accepted = sum(1 for e in events if e["status"] == "accepted")
     identifiers = [e["identifier"] for e in events if e["status"] == "accepted"]
     if len(set(identifiers)) != len(identifiers):
@@ -288,6 +336,12 @@ def run() -> None:
             (f"bounded pool, `BATCH_CONCURRENCY={CONCURRENCY}`", BATCH, pooled_runs, target),
             ("sequential loop (`BATCH_CONCURRENCY=1`)", SEQUENTIAL_BATCH, sequential_runs, "—"),
             ("bounded pool, **no** injected latency (stand-in ceiling)", BATCH, [ceiling], "—"),
+            (
+                f"`METER_EVENT_API=v2` stream, `BATCH_CONCURRENCY={V2_CONCURRENCY}`",
+                V2_BATCH,
+                v2_runs,
+                "—",
+            ),
         ]
     )
     body = f"""## Worker throughput
@@ -300,9 +354,11 @@ event (no invoice fetch), {CUSTOMERS} customers round-robin. The Stripe billing 
 **in its own process** (`bench.emulator_process`) and adds {LATENCY * 1000:.0f} ms to every
 call; moto's DynamoDB runs in another. Per report the worker makes 2 Stripe round trips
 (customer, meter event; prices and meters are cached per container and warmed first) and
-4 ledger round trips (event check, claim with value, sent, invoice record + event memory in
-one transaction). Median of {RUNS} runs, the pool and the sequential loop alternating.
-{accepted} meter events accepted in total, each identifier once.
+5 ledger round trips (event check, claim with value, sent, invoice record, event memory;
+6 before the claim carried the value). Median of {RUNS} runs, the pool and the sequential
+loop alternating.
+{accepted} meter events accepted in total, each identifier once; {sum(FAILED_RECORDS)} records
+failed transiently (moto answering 500 under load) and are left out of the rates.
 
 {table}
 
@@ -314,6 +370,46 @@ waits, up to `BATCH_CONCURRENCY` records at a time.
 around the invocation, divided by the reports: {cpu:.2f} ms means one invocation on one
 vCPU cannot exceed about {1000 / cpu:.0f} reports/s however fast Stripe and DynamoDB answer —
 the honest ceiling on real AWS, where neither stand-in shares the Lambda's CPU.
+"""
+    limited_table = "\n".join(
+        [
+            "| limit | achieved (accepted events / their time span) | achieved / limit"
+            " | 429 answers | 429 share of requests | sent once each |",
+            "| ---: | ---: | ---: | ---: | ---: | --- |",
+            f"| {LIMIT}/s | {limited['achieved']:.1f}/s | {limited['achieved'] / LIMIT:.0%}"
+            f" | {limited['rate_limited']} | {limited['share']:.1%} | {limited['once']} |",
+        ]
+    )
+    body += f"""
+v2 stream: {len(v2_events)} events in {len(v2_sizes)} `meter_event_stream` requests
+(events per request: median {statistics.median(v2_sizes):.0f}, largest {v2_sizes[-1]}); a
+request carries what the batch's threads have ready within `STREAM_LINGER_SECONDS`
+(here {V2_LINGER} s: on this machine moto's ledger writes spread the threads' arrival).
+
+### Against Stripe's meter-event rate limit
+
+v1, `BATCH_CONCURRENCY=64`, {limited["reports"]} reports, the emulator (own process) limiting
+meter events to {LIMIT}/s (sliding 1 s window) and the worker starting at
+`METER_EVENT_RATE={LIMIT * 3}` (three times too fast); failed records redelivered at once
+until all were sent ({limited["rounds"]} invocations).
+
+{limited_table}
+
+Reading: the stand-ins set the ceiling here, not the worker's design. With {LATENCY * 1000:.0f} ms
+per Stripe call the pool is as fast as with no latency at all ({pool:.1f} vs {ceiling.rate:.1f}
+reports/s): Stripe's latency is fully overlapped, and the 2 shared cores are spent by moto
+(every DynamoDB call on a new connection — moto closes them — and moto's own CPU per call),
+the emulator process and the worker. The worker's own CPU ({cpu:.1f} ms per report here,
+including the connection set-up moto forces and the 64 threads' GIL hand-offs) is the
+figure that carries over to AWS: one Lambda vCPU runs about 1000 / {cpu:.1f} ≈
+{1000 / cpu:.0f} reports/s, so ≥ 100 reports/s per invocation needs ≤ 10 ms per report
+(≥ 1,769 MB memory gives the function a full vCPU; the reported CPU ms include the
+per-invocation metrics flush, amortised over the batch). v2 does not lower the per-report
+cost much here, because the ledger's 5 round trips, not the Stripe request, dominate it.
+
+The limiter halves its pace at the first 429 towards what Stripe accepted in the last
+second, returns to 95 % of it within about a second and then probes +2 %/s, so 429s stay
+rare after the first overload (target: ≥ 90 % of the limit without a 429 storm).
 """
     write_section("worker", body)
     print(body)

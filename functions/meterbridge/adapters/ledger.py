@@ -714,7 +714,8 @@ class Ledger:
             code = error.response.get("Error", {}).get("Code", "")
             if conditional and code == "ConditionalCheckFailedException":
                 raise _ConditionFailed from error
-            if code in _TRANSIENT_CODES:
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in _TRANSIENT_CODES or status >= 500:
                 raise TransientError(f"DynamoDB {code} on ledger {self._table}") from error
             raise PermanentError(f"DynamoDB {code} on ledger {self._table}: {error}") from error
         except BotoCoreError as error:

@@ -49,6 +49,7 @@ class AdaptiveRateLimiter:
         self._next_slot = self._updated
         self._last_cut = -math.inf
         self._accepted: collections.deque[float] = collections.deque()
+        self._cuts = 0
         self.requests = 0
         self.rate_limited = 0
 
@@ -63,15 +64,22 @@ class AdaptiveRateLimiter:
         return self._ceiling
 
     def acquire(self) -> None:
-        """Wait for this request's slot."""
-        with self._lock:
-            now = self._clock()
-            self._grow(now)
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self._rate
-            self.requests += 1
-        if slot > now:
-            self._sleep(slot - now)
+        """Wait for this request's slot. A slot handed out before a cut is given up for one
+        at the new pace: otherwise every thread already waiting would still fire at the
+        overloading pace and meet 429s."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._grow(now)
+                slot = max(now, self._next_slot)
+                self._next_slot = slot + 1.0 / self._rate
+                cuts = self._cuts
+            if slot > now:
+                self._sleep(slot - now)
+            with self._lock:
+                if self._cuts == cuts:
+                    self.requests += 1
+                    return
 
     def on_success(self) -> None:
         with self._lock:
@@ -89,6 +97,7 @@ class AdaptiveRateLimiter:
             if now - self._last_cut < self._cut_interval:
                 return
             self._last_cut = now
+            self._cuts += 1
             while self._accepted and self._accepted[0] <= now - 1.0:
                 self._accepted.popleft()
             # Limits are per second: what was accepted in the last second is the estimate.
