@@ -160,12 +160,15 @@ def test_stripe_5xx_burst_still_bills_exactly(e2e: E2E) -> None:
         e2e.emulator.set_faults(error_rate_5xx=0.0)
 
     try:
-        e2e.emulator.set_faults(error_rate_5xx=0.6)
+        # Only the worker's Stripe calls fail: the test's own clock and event reads go through.
+        e2e.emulator.set_faults(
+            error_rate_5xx=0.6, fault_paths=("/v1/customers/", "/v1/billing/meter_events")
+        )
         threading.Thread(target=end_burst_once_the_worker_got_hit, daemon=True).start()
         boundary = e2e.renew(subscribers[0].clock_id, 1, subscribers[0])
     finally:
         ended.set()
-        e2e.emulator.set_faults(error_rate_5xx=0.0)
+        e2e.emulator.set_faults(error_rate_5xx=0.0, fault_paths=())
         e2e.emulator.dispatch = dispatch  # type: ignore[method-assign]
     assert any(path.startswith("/v1/customers/") for path in failed_paths)
     e2e.finalize(subscribers[0].clock_id, boundary)

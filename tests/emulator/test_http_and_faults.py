@@ -78,6 +78,16 @@ def test_injected_429_is_a_rate_limit_error(make_emulator: EmulatorFactory) -> N
     assert body["error"]["code"] == "rate_limit"
 
 
+def test_faults_can_be_limited_to_some_paths(make_emulator: EmulatorFactory) -> None:
+    emu = make_emulator()
+    client = client_for(emu)
+    customer = client.v1.customers.create({})
+    emu.set_faults(error_rate_5xx=1.0, fault_paths=("/v1/customers/",))
+    with pytest.raises(stripe.APIError):
+        client.v1.customers.retrieve(customer.id)
+    assert client.v1.products.create({"name": "unaffected"}).name == "unaffected"
+
+
 def test_meter_event_rate_limit(make_emulator: EmulatorFactory) -> None:
     emu = make_emulator()
     client = client_for(emu)

@@ -23,6 +23,9 @@ class EmulatorConfig:
     error_rate_5xx: float = 0.0
     error_rate_429: float = 0.0
     meter_event_rate_limit: float | None = None
+    # Path prefixes latency, 5xx and 429 apply to (empty = every path), so a test can fail
+    # the code under test's calls while its own setup and checks go through.
+    fault_paths: tuple[str, ...] = ()
     webhook_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
     seed: int = 0
     # Real Stripe sends thin events only to event destinations; meterbridge takes both kinds on

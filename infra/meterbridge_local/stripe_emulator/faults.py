@@ -34,6 +34,8 @@ class Faults:
     def before(self, method: str, path: str) -> None:
         """Sleep and maybe raise, before the request touches any state (so retries are safe)."""
         config = self._config
+        if config.fault_paths and not path.startswith(config.fault_paths):
+            return self._limit_meter_events(method, path)
         if config.latency_seconds > 0:
             time.sleep(config.latency_seconds)
         if config.error_rate_5xx > 0 and self._store.random() < config.error_rate_5xx:
@@ -45,7 +47,10 @@ class Faults:
             )
         if config.error_rate_429 > 0 and self._store.random() < config.error_rate_429:
             raise rate_limited()
-        limit = config.meter_event_rate_limit
+        self._limit_meter_events(method, path)
+
+    def _limit_meter_events(self, method: str, path: str) -> None:
+        limit = self._config.meter_event_rate_limit
         if limit is not None and method == "POST" and path in METER_EVENT_PATHS:
             now = time.monotonic()
             with self._lock:
