@@ -78,6 +78,7 @@ def handler(
         reply = Reply(400, Outcome.MALFORMED, {"error": "body is not valid base64"})
     else:
         if method and method != "POST":
+            metrics.add_metric(name="MethodNotAllowed", unit=MetricUnit.Count, value=1)
             return {"statusCode": 405, "headers": {"Allow": "POST"}, "body": ""}
         reply = intake.receive(body, signature)
 
