@@ -10,8 +10,13 @@ BENCHMARKS = {
     "webhook": "bench.webhook",
     "worker": "bench.worker_throughput",
     "guard": "bench.guard_correctness",
+    "storm": "bench.month_start_storm",
 }
-ALIASES = {"worker_throughput": "worker", "guard_correctness": "guard"}
+ALIASES = {
+    "worker_throughput": "worker",
+    "guard_correctness": "guard",
+    "month_start_storm": "storm",
+}
 
 
 def main(argv: list[str]) -> int:
