@@ -330,9 +330,9 @@ calls, which the Lambda service makes on AWS; bench:worker measures one invocati
 reports/s. With BatchSize {BATCH_SIZE} the latency bound rules: {per_invocation:.0f} reports/s
 per invocation x
 MaximumConcurrency {MAX_CONCURRENCY} ≈ {aws_rate:.0f} reports/s, {_duration(aws_100k)} for
-{TARGET_INVOICES:,} invoices. That is inside the hour, but not "long before" it by a wide
-margin at the template's defaults; raising WorkerBatchSize to 100 lifts one invocation to
-the CPU bound (≈ {big_batch_invocation:.0f} reports/s), and
+{TARGET_INVOICES:,} invoices: well inside the hour at the template's defaults, with the
+margin set by MaximumConcurrency and BatchSize. Raising WorkerBatchSize to 100 lifts one
+invocation to the CPU bound (≈ {big_batch_invocation:.0f} reports/s), and
 MaximumConcurrency ≈ {concurrency_for_limit:.0f} at the BatchSize-{BATCH_SIZE} rate would
 reach Stripe's live v1 meter-event limit ({STRIPE_V1_METER_EVENT_LIMIT}/s: {TARGET_INVOICES:,}
 in {_duration(TARGET_INVOICES / STRIPE_V1_METER_EVENT_LIMIT)}), which the worker's adaptive
