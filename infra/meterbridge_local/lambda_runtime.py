@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -604,7 +604,7 @@ def batch_item_failures(result: Any, records: list[dict[str, Any]]) -> set[str]:
     return failed
 
 
-def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+def sqs_record(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
     """A ReceiveMessage result in the shape Lambda gives the handler."""
     record: dict[str, Any] = {
         "messageId": message["MessageId"],

@@ -16,9 +16,10 @@ import stripe
 
 from meterbridge.handlers import worker as worker_module
 from meterbridge.messages import EventEnvelope, message_attributes
+from meterbridge_local.lambda_runtime import sqs_record
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
-from tests.support.worker import USAGE, Billing, failed_ids
+from tests.support.worker import USAGE, WORKER_QUEUE_ARN, Billing, failed_ids
 
 DAY = 86_400
 HOUR = 3600
@@ -50,23 +51,7 @@ def receive(queue_url: str, *, wait_seconds: int = 2) -> list[dict[str, Any]]:
         AttributeNames=["All"],
         WaitTimeSeconds=wait_seconds,
     )
-    return [
-        {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message.get("Attributes", {}),
-            "messageAttributes": {
-                name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
-                for name, value in message.get("MessageAttributes", {}).items()
-            },
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:worker",
-            "awsRegion": "us-east-1",
-        }
-        for message in messages.get("Messages", [])
-    ]
+    return [sqs_record(message, WORKER_QUEUE_ARN) for message in messages.get("Messages", [])]
 
 
 def run_records(

@@ -21,8 +21,12 @@ from meterbridge.errors import TransientError
 from meterbridge.handlers.worker import Worker, build_worker
 from meterbridge.messages import EventEnvelope, envelope_body, message_attributes
 from meterbridge_local.aws import MotoServer
+from meterbridge_local.lambda_runtime import sqs_record
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
 from tests.support.stripe_events import snapshot_event
+
+# The queue the worker's event source mapping reads, as Lambda names it in each record.
+WORKER_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:worker"
 
 API_KEY = "sk_test_worker_suite"
 DAY = 86_400
@@ -278,22 +282,7 @@ def receive_batch(queue_url: str, expected: int) -> dict[str, Any]:
             MessageAttributeNames=["All"],
             AttributeNames=["All"],
         ).get("Messages", []):
-            records.append(
-                {
-                    "messageId": message["MessageId"],
-                    "receiptHandle": message["ReceiptHandle"],
-                    "body": message["Body"],
-                    "attributes": message.get("Attributes", {}),
-                    "messageAttributes": {
-                        name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
-                        for name, value in message.get("MessageAttributes", {}).items()
-                    },
-                    "md5OfBody": message["MD5OfBody"],
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:worker",
-                    "awsRegion": "us-east-1",
-                }
-            )
+            records.append(sqs_record(message, WORKER_QUEUE_ARN))
     assert len(records) == expected, f"received {len(records)} of {expected} messages"
     return {"Records": records}
 
