@@ -392,7 +392,7 @@ def render(console: Console, checks: Sequence[InvoiceCheck], title: str) -> None
     table.add_column("service period", no_wrap=True)
     table.add_column("usage (source)", justify="right")
     table.add_column("identifier reported", no_wrap=True)
-    table.add_column("ledger")
+    table.add_column("ledger", no_wrap=True)
     table.add_column("invoice")
     table.add_column("line qty", justify="right")
     table.add_column("amount", justify="right")
@@ -426,7 +426,7 @@ def run_demo(
     descriptor, log_path = tempfile.mkstemp(prefix="meterbridge-demo-", suffix=".log")
     with _output_to(descriptor) as terminal:
         # A pipe or CI log gets the table's natural width instead of 80 columns.
-        width = None if terminal.isatty() else 160
+        width = None if terminal.isatty() else 180
         console = Console(file=terminal, highlight=False, width=width)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Powertools' "no metrics to publish"
@@ -611,10 +611,20 @@ class MeterbridgeFlow(Flow):
                 _replace(
                     check,
                     identifiers=tuple(str(r["identifier"]) for r in reports),
-                    ledger_status=", ".join(str(r["status"]) for r in reports) or "no report",
+                    ledger_status=", ".join(_ledger_summary(r) for r in reports) or "no report",
                 )
             )
         return annotated
+
+
+def _ledger_summary(report: dict[str, Any]) -> str:
+    """What the ledger says of one report: sent, then what the invoice guard found."""
+    steps = (
+        report.get("status"),
+        report.get("confirmation_status"),
+        report.get("reconciliation_status"),
+    )
+    return " · ".join(str(step) for step in steps if step)
 
 
 def _replace(check: InvoiceCheck, **changes: Any) -> InvoiceCheck:
