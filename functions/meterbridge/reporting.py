@@ -16,7 +16,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from meterbridge.adapters.ledger import Claim, EventMemory, Ledger
+from meterbridge.adapters.ledger import Claim, Ledger
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
 from meterbridge.domain.eligibility import ineligibility_reason, reported_line_meters
@@ -66,7 +66,6 @@ class EventOutcome:
     result: str  # reported | skipped | duplicate_event | reconciled | mismatch | … | ignored
     reason: str | None = None
     reports: dict[str, str] = field(default_factory=dict)  # identifier → status
-    event_remembered: bool = False  # the event's memory was written with the invoice record
 
 
 class UsageReporter:
@@ -101,9 +100,6 @@ class UsageReporter:
             document = (event.get("data") or {}).get("object")
             if not isinstance(document, dict):
                 raise PermanentError(f"event {envelope.id} carries no invoice")
-            # Not `remember=`: one TransactWriteItems is a round trip less on DynamoDB, but
-            # moto deep-copies the whole table per transaction (O(table) and 500s under
-            # threads), which would make the local stack degrade as the ledger grows.
             outcome = self.report_invoice(document, now)
             outcome.event_id, outcome.event_type = envelope.id, envelope.type
         elif envelope.type == INVOICE_FINALIZED and self.guard is not None:
@@ -122,17 +118,13 @@ class UsageReporter:
         else:
             logger.info("event type ignored", extra={"stripe_event_type": envelope.type})
             outcome = EventOutcome(envelope.id, envelope.type, "ignored")
-        if not outcome.event_remembered:
-            self._ledger.remember_event(
-                envelope.id, envelope.type, now, self._policy.event_memory_seconds
-            )
+        self._ledger.remember_event(
+            envelope.id, envelope.type, now, self._policy.event_memory_seconds
+        )
         return outcome
 
-    def report_invoice(
-        self, document: dict[str, Any], now: int, *, remember: EventMemory | None = None
-    ) -> EventOutcome:
-        """Report one invoice's usage. With `remember`, a successful outcome is written
-        together with the event's memory (one ledger round trip instead of two)."""
+    def report_invoice(self, document: dict[str, Any], now: int) -> EventOutcome:
+        """Report one invoice's usage (the event's memory is `handle`'s business)."""
         invoice_id = str(document.get("id"))
         try:
             invoice = Invoice.model_validate(document)
@@ -155,10 +147,10 @@ class UsageReporter:
             if not plans:
                 reason = "no line is priced by a meter that meterbridge reports"
         if reason is not None:
-            self._record_invoice(invoice, "skipped", reason, now, 0, remember)
+            self._record_invoice(invoice, "skipped", reason, now, 0)
             count("InvoicesSkipped")
             logger.info("invoice skipped", extra={**context, "reason": reason})
-            return EventOutcome("", "", "skipped", reason=reason, event_remembered=bool(remember))
+            return EventOutcome("", "", "skipped", reason=reason)
 
         if self.guard is not None:
             self.guard.hold(invoice, now)
@@ -182,9 +174,6 @@ class UsageReporter:
             "; ".join(failed)[:1000] or None,
             now,
             len(plans),
-            # A failed event must be retried, not remembered; with confirmation checks the
-            # event is remembered only after the first check is queued (by `handle`).
-            None if failed or self._confirms else remember,
         )
         if self.guard is not None:
             # Also after failures: a held draft must reach its release check even if the
@@ -195,41 +184,19 @@ class UsageReporter:
             raise TransientError("; ".join(transient))
         if permanent:
             raise PermanentError("; ".join(permanent))
-        remembered = remember is not None and not self._confirms
-        return EventOutcome("", "", "reported", reports=statuses, event_remembered=remembered)
+        return EventOutcome("", "", "reported", reports=statuses)
 
-    @property
-    def _confirms(self) -> bool:
-        return self.guard is not None and self.guard.confirms
-
-    def _record_invoice(  # noqa: PLR0917 - private; mirrors Ledger.record_invoice
-        self,
-        invoice: Invoice,
-        status: str,
-        reason: str | None,
-        now: int,
-        report_count: int,
-        remember: EventMemory | None,
+    def _record_invoice(
+        self, invoice: Invoice, status: str, reason: str | None, now: int, report_count: int
     ) -> None:
-        if remember is None:
-            self._ledger.record_invoice(
-                invoice.id,
-                invoice.customer_id,
-                status=status,
-                reason=reason,
-                now=now,
-                report_count=report_count,
-            )
-        else:
-            self._ledger.record_invoice_and_event(
-                invoice.id,
-                invoice.customer_id,
-                status=status,
-                reason=reason,
-                now=now,
-                report_count=report_count,
-                event=remember,
-            )
+        self._ledger.record_invoice(
+            invoice.id,
+            invoice.customer_id,
+            status=status,
+            reason=reason,
+            now=now,
+            report_count=report_count,
+        )
 
     def _clock_offset(self, invoice: Invoice, now: int) -> int:
         """Lateness is judged on the invoice's clock: a test clock runs weeks in the past."""

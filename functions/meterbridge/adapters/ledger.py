@@ -388,31 +388,6 @@ class Ledger:
             now,
         )
 
-    def record_invoice_and_event(
-        self,
-        invoice_id: str,
-        customer_id: str,
-        *,
-        status: str,
-        reason: str | None,
-        now: int,
-        report_count: int,
-        event: "EventMemory",
-    ) -> None:
-        """record_invoice and remember_event in one round trip (a transaction: both or
-        neither, so an event is never remembered without its invoice's outcome)."""
-        update = self._invoice_update(
-            invoice_id,
-            customer_id,
-            {"status": status, "reason": reason, "report_count": report_count},
-            now,
-        )
-        items: Any = [
-            {"Update": {"TableName": self._table, **update}},
-            {"Put": {"TableName": self._table, "Item": _encode(event.item(now))}},
-        ]
-        self._dynamo(lambda: self._client.transact_write_items(TransactItems=items))
-
     def update_invoice(
         self, invoice_id: str, customer_id: str, fields: dict[str, Any], now: int
     ) -> None:
