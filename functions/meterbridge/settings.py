@@ -21,7 +21,12 @@ from pydantic import (
 from meterbridge.errors import SettingsError
 
 DEFAULT_ACCEPTED_EVENT_TYPES = frozenset(
-    {"invoice.created", "invoice.finalized", "v1.billing.meter.error_report_triggered"}
+    {
+        "invoice.created",
+        "invoice.finalized",
+        "v1.billing.meter.error_report_triggered",
+        "v1.billing.meter.no_meter_found",
+    }
 )
 
 
@@ -70,7 +75,7 @@ class WebhookSettings(StripeCredentialSettings):
 
     queue_url: str = Field(alias="QUEUE_URL", min_length=1)
     accepted_event_types: CommaSeparated = Field(
-        DEFAULT_ACCEPTED_EVENT_TYPES, alias="ACCEPTED_EVENT_TYPES"
+        DEFAULT_ACCEPTED_EVENT_TYPES, alias="ACCEPTED_EVENT_TYPES", min_length=1
     )
     max_body_bytes: int = Field(1_048_576, alias="MAX_BODY_BYTES", gt=0)
     # The queue's MaximumMessageSize (template.yaml sets it); larger events travel as envelopes.

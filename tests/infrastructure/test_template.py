@@ -105,3 +105,16 @@ def test_outputs_name_what_operators_need():
         "DeadLetterQueueUrl",
         "LedgerTableName",
     }
+
+
+def test_template_default_event_types_are_the_webhooks_default():
+    from meterbridge.settings import DEFAULT_ACCEPTED_EVENT_TYPES
+
+    default = sam_template()["Parameters"]["AcceptedEventTypes"]["Default"]
+    assert set(default.split(",")) == DEFAULT_ACCEPTED_EVENT_TYPES
+
+
+def test_alarm_topic_is_not_on_the_aws_managed_sns_key():
+    """CloudWatch alarms cannot publish to a topic encrypted with alias/aws/sns."""
+    topic = sam_template()["Resources"]["AlarmTopic"]["Properties"]
+    assert topic.get("KmsMasterKeyId") != "alias/aws/sns"

@@ -59,3 +59,19 @@ def test_secret_document_with_a_single_webhook_secret_string():
     secrets = parse_secret_json('{"api_key": "sk_test_1", "webhook_secrets": "whsec_1"}')
     assert secrets.webhook_secrets == ("whsec_1",)
     assert secrets.api_key == "sk_test_1"
+
+
+def test_meter_error_events_of_both_kinds_are_accepted_by_default():
+    settings = load_settings(WebhookSettings, {"QUEUE_URL": "q", "STRIPE_WEBHOOK_SECRET": "w"})
+    assert {
+        "v1.billing.meter.error_report_triggered",
+        "v1.billing.meter.no_meter_found",
+    } <= settings.accepted_event_types
+
+
+def test_an_empty_accepted_type_list_is_refused():
+    with pytest.raises(SettingsError, match="ACCEPTED_EVENT_TYPES"):
+        load_settings(
+            WebhookSettings,
+            {"QUEUE_URL": "q", "STRIPE_WEBHOOK_SECRET": "w", "ACCEPTED_EVENT_TYPES": " , "},
+        )
