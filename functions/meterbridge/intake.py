@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from meterbridge.adapters.queue import EventQueue, message_size
+from meterbridge.adapters.queue import EventQueue, UnqueueableBody, message_size
 from meterbridge.adapters.signature import InvalidSignature, SignatureVerifier
-from meterbridge.errors import TransientError
+from meterbridge.errors import SettingsError, TransientError
 from meterbridge.messages import EventEnvelope, envelope_body, message_attributes
 
 
@@ -36,6 +36,7 @@ class Reply:
     outcome: Outcome
     body: dict[str, Any]
     envelope: EventEnvelope | None = field(default=None)
+    detail: str | None = None  # for the logs only, never the response: why it failed
 
 
 class Intake:
@@ -64,9 +65,14 @@ class Intake:
             self._verifier.verify(body, signature_header)
         except InvalidSignature as exc:
             return Reply(400, Outcome.SIGNATURE_INVALID, {"error": f"invalid signature: {exc}"})
-        except TransientError:
-            # The secret could not be read: without it nothing can be judged, so Stripe retries.
-            return Reply(503, Outcome.SECRETS_UNAVAILABLE, {"error": "secrets unavailable, retry"})
+        except (TransientError, SettingsError) as exc:
+            # No secret to judge by (unreadable or missing): answer 5xx so Stripe retries.
+            return Reply(
+                503,
+                Outcome.SECRETS_UNAVAILABLE,
+                {"error": "secrets unavailable, retry"},
+                detail=str(exc),
+            )
 
         envelope = _parse_envelope(body)
         if envelope is None:
@@ -85,11 +91,20 @@ class Intake:
             attributes = message_attributes(envelope, "envelope")
             outcome = Outcome.QUEUED_AS_ENVELOPE
         try:
-            self._queue.send(text, attributes)
-        except TransientError:
+            try:
+                self._queue.send(text, attributes)
+            except UnqueueableBody:
+                # The envelope is plain ASCII ids; the worker fetches the event from Stripe.
+                outcome = Outcome.QUEUED_AS_ENVELOPE
+                self._queue.send(envelope_body(envelope), message_attributes(envelope, "envelope"))
+        except (TransientError, UnqueueableBody) as exc:
             # 503 makes Stripe redeliver later, so the event is not lost.
             return Reply(
-                503, Outcome.QUEUE_UNAVAILABLE, {"error": "queue unavailable, retry"}, envelope
+                503,
+                Outcome.QUEUE_UNAVAILABLE,
+                {"error": "queue unavailable, retry"},
+                envelope,
+                detail=str(exc),
             )
         return Reply(200, outcome, {"status": "queued", "id": envelope.id}, envelope)
 

@@ -40,3 +40,22 @@ def test_unreadable_secret_answers_503_so_stripe_retries(aws: MotoServer):
 
     assert response["statusCode"] == 503
     assert queued(queue_url) == []
+
+
+def test_secret_without_webhook_secrets_answers_503_and_says_why(aws: MotoServer):
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName=f"events-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    secret_arn = boto3.client("secretsmanager").create_secret(
+        Name=f"meterbridge/stripe-{uuid.uuid4().hex[:8]}",
+        SecretString=json.dumps({"api_key": "sk_test_x", "webhook_secret": "whsec_typo"}),
+    )["ARN"]
+    intake = webhook.build_intake({"QUEUE_URL": queue_url, "STRIPE_SECRET_ARN": secret_arn})
+    body = encode(snapshot_event("invoice.created", INVOICE))
+
+    reply = intake.receive(body, sign(body, "whsec_typo"))
+
+    assert reply.status == 503, "our misconfiguration must not look like Stripe's bad signature"
+    assert reply.detail is not None
+    assert "webhook_secrets" in reply.detail
+    assert "whsec_typo" not in json.dumps(reply.body)
+    assert queued(queue_url) == []

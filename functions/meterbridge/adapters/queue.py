@@ -6,10 +6,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meterbridge.adapters.aws_clients import aws_client
-from meterbridge.errors import TransientError
+from meterbridge.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+
+
+class UnqueueableBody(PermanentError):
+    """SQS will never take this body as it is (characters outside its allowed set)."""
 
 
 class EventQueue(Protocol):
@@ -49,6 +53,11 @@ class SqsQueue:
                     for name, value in attributes.items()
                 },
             )
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidMessageContents":
+                # SQS refuses some characters JSON allows (e.g. U+FFFF): never retryable.
+                raise UnqueueableBody(f"queue refused the body: {exc}") from exc
+            raise TransientError(f"queue unavailable: {exc}") from exc
+        except BotoCoreError as exc:
             raise TransientError(f"queue unavailable: {exc}") from exc
         return str(response["MessageId"])

@@ -5,6 +5,7 @@ from typing import Protocol
 from stripe import SignatureVerificationError, WebhookSignature
 
 from meterbridge.adapters.secrets import SecretSource
+from meterbridge.errors import SettingsError
 
 
 class InvalidSignature(Exception):
@@ -32,7 +33,11 @@ class StripeSignatureVerifier:
             raise InvalidSignature("body is not UTF-8") from None
         webhook_secrets = self._secrets.stripe_secrets().webhook_secrets
         if not webhook_secrets:
-            raise InvalidSignature("no webhook secret configured")
+            # Our misconfiguration, not Stripe's fault: fail loudly (5xx) so Stripe retries.
+            raise SettingsError(
+                "no webhook secret configured: set webhook_secrets in the Stripe secret"
+                " (STRIPE_SECRET_ARN) or STRIPE_WEBHOOK_SECRET"
+            )
         last_error = "no secret matched"
         for secret in webhook_secrets:
             try:

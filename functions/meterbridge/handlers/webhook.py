@@ -86,7 +86,11 @@ def handler(
     if reply.envelope:
         logger.append_keys(stripe_event_id=reply.envelope.id, stripe_event_type=reply.envelope.type)
     log = logger.warning if reply.status >= 400 else logger.info
-    log("webhook answered", extra={"status": reply.status, "outcome": reply.outcome.value})
+    details = {"detail": reply.detail} if reply.detail else {}
+    log(
+        "webhook answered",
+        extra={"status": reply.status, "outcome": reply.outcome.value, **details},
+    )
     return _response(reply)
 
 
