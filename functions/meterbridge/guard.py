@@ -95,7 +95,7 @@ class InvoiceGuard:
 
     # --- invoice.created ------------------------------------------------------------------
 
-    def hold(self, invoice: Invoice, now: int) -> str | None:
+    def hold(self, invoice: Invoice, now: int, report_count: int | None = None) -> str | None:
         """With INVOICE_GUARD=hold, stop Stripe from finalizing the draft before reporting."""
         if self.policy.mode != "hold":
             return None
@@ -130,8 +130,14 @@ class InvoiceGuard:
                 now,
             )
             return "not_held"
+        # The number of reports to expect, written with the hold: a check that runs before
+        # reporting finished must not release the draft on the reports it can already see.
         self._ledger.update_invoice(
-            invoice.id, invoice.customer_id, {"hold_status": "held", "guard_mode": "hold"}, now
+            invoice.id,
+            invoice.customer_id,
+            {"hold_status": "held", "guard_mode": "hold"}
+            | ({"report_count": report_count} if report_count is not None else {}),
+            now,
         )
         count("InvoicesHeld")
         logger.info("draft held until its usage is confirmed", extra=context)

@@ -152,33 +152,35 @@ class UsageReporter:
             logger.info("invoice skipped", extra={**context, "reason": reason})
             return EventOutcome("", "", "skipped", reason=reason)
 
-        if self.guard is not None:
-            self.guard.hold(invoice, now)
-        clock_offset = self._clock_offset(invoice, now)
         statuses: dict[str, str] = {}
         transient: list[str] = []
         permanent: list[str] = []
-        for plan in plans:
-            try:
-                statuses[plan.identifier] = self._report(plan, tenant, now, clock_offset)
-            except TransientError as error:
-                statuses[plan.identifier] = "retry"
-                transient.append(f"{plan.identifier}: {error}")
-            except PermanentError as error:
-                statuses[plan.identifier] = "failed"
-                permanent.append(f"{plan.identifier}: {error}")
-        failed = transient + permanent
-        self._record_invoice(
-            invoice,
-            "failed" if failed else "reported",
-            "; ".join(failed)[:1000] or None,
-            now,
-            len(plans),
-        )
-        if self.guard is not None:
-            # Also after failures: a held draft must reach its release check even if the
-            # reports keep failing until the event lands in the dead-letter queue.
-            self.guard.start_confirmation(invoice, now)
+        try:
+            if self.guard is not None:
+                self.guard.hold(invoice, now, report_count=len(plans))
+            clock_offset = self._clock_offset(invoice, now)
+            for plan in plans:
+                try:
+                    statuses[plan.identifier] = self._report(plan, tenant, now, clock_offset)
+                except TransientError as error:
+                    statuses[plan.identifier] = "retry"
+                    transient.append(f"{plan.identifier}: {error}")
+                except PermanentError as error:
+                    statuses[plan.identifier] = "failed"
+                    permanent.append(f"{plan.identifier}: {error}")
+            failed = transient + permanent
+            self._record_invoice(
+                invoice,
+                "failed" if failed else "reported",
+                "; ".join(failed)[:1000] or None,
+                now,
+                len(plans),
+            )
+        finally:
+            if self.guard is not None:
+                # Whatever happened above (failed reports, a timeout's predecessor, a ledger
+                # error): a held draft must reach its release check, or it stays held.
+                self.guard.start_confirmation(invoice, now)
         # Sent reports are skipped on retry, so retrying the whole event is safe.
         if transient:
             raise TransientError("; ".join(transient))

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import pytest
 
 from meterbridge.adapters.ledger import Ledger
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import report_identifier
+from meterbridge.errors import TransientError
 from meterbridge.handlers.worker import Worker
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.guard import (
@@ -343,3 +345,45 @@ def test_meter_error_report_for_a_timestamp_in_the_future_marks_the_report_faile
     enqueue(queue_url, invoice_created(seeded))
     assert run_records(worker, queue_url, receive(queue_url)) == set()
     assert report_of(ledger, renewal)["status"] == "failed"
+
+
+class _LedgerFailingOnceAfterReporting(Ledger):
+    """DynamoDB throttles the invoice record once, after the reports went out."""
+
+    failed = False
+
+    def record_invoice(self, *args: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            type(self).failed = True
+            raise TransientError("ledger throttled (injected)")
+        super().record_invoice(*args, **kwargs)
+
+
+def test_hold_still_gets_its_release_check_when_reporting_fails_midway(
+    world: GuardWorld, emulator: StripeEmulator, ledger: Ledger, ledger_table: str, queue_url: str
+) -> None:
+    emulator.set_faults(aggregation_lag_seconds=0.0)
+    failing = _LedgerFailingOnceAfterReporting(ledger_table, boto3.client("dynamodb"))
+    worker = make_worker(
+        emulator,
+        ledger_table,
+        queue_url,
+        env={
+            "INVOICE_GUARD": "hold",
+            "CONFIRM_DELAY_SECONDS": "0",
+            "CONFIRM_MAX_DELAY_SECONDS": "1",
+            "CONFIRMATION_MARGIN_SECONDS": str(HOUR),
+        },
+        ledger=failing,
+    )
+    renewal = world.subscribe(usage="7")
+    world.renew(renewal)
+    world.deliver("invoice.created", renewal)
+    records = receive(world.queue_url)
+    # The event fails (retried later), but the held draft's check chain has started.
+    assert run_records(worker, world.queue_url, records) != set()
+    assert world.invoice(renewal)["auto_advance"] is False
+    assert (ledger.invoice(renewal.invoice["id"]) or {}).get("report_count") == 1
+
+    drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
+    assert report_of(ledger, renewal)["confirmation_status"] == "confirmed"

@@ -254,7 +254,10 @@ class StripeGateway:
                 )
                 return
             except PermanentError as error:
-                if renewed or not isinstance(error.__cause__, stripe.AuthenticationError):
+                # stripe-python raises TemporarySessionExpiredError for v2's
+                # temporary_session_expired, AuthenticationError for a revoked token.
+                expired = (stripe.AuthenticationError, stripe.TemporarySessionExpiredError)
+                if renewed or not isinstance(error.__cause__, expired):
                     raise
                 # The session expired early (or was revoked): one retry with a new token.
 
