@@ -344,11 +344,21 @@ class InvoiceGuard:
                     action = "finalize"
             if action == "finalize":
                 self._gateway.finalize_invoice(invoice.id)
-        except PermanentError:
+        except PermanentError as error:
             current = self._gateway.invoice(invoice.id)
-            if current.get("status") == "draft":
-                raise
-            action = "none"  # finalized by someone else meanwhile
+            if current.get("status") != "draft":
+                action = "none"  # finalized by someone else meanwhile
+            else:
+                # Stripe refused to finalize (e.g. a tax or payment setting): never leave the
+                # draft held on our account. auto_advance=true hands it back to Stripe's own
+                # flow, which reports its finalization error to the account as usual.
+                count("HoldReleaseFallback")
+                logger.error(
+                    "finalize refused: handing the held draft back to Stripe (auto_advance)",
+                    extra={"invoice_id": invoice.id, "reason": str(error)[:500]},
+                )
+                self._gateway.resume_invoice(invoice.id)
+                action = "auto_advance"
         self._released(invoice, status, action, now)
         count("InvoicesReleased")
         logger.info(

@@ -13,10 +13,11 @@ import boto3
 import pytest
 
 from meterbridge.adapters.ledger import Ledger
+from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import report_identifier
-from meterbridge.errors import TransientError
+from meterbridge.errors import PermanentError, TransientError
 from meterbridge.handlers.worker import Worker
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.guard import (
@@ -30,6 +31,7 @@ from tests.support.guard import (
     run_records,
 )
 from tests.support.worker import (
+    API_KEY,
     USAGE,
     Clock,
     emulator,
@@ -387,3 +389,36 @@ def test_hold_still_gets_its_release_check_when_reporting_fails_midway(
 
     drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
     assert report_of(ledger, renewal)["confirmation_status"] == "confirmed"
+
+
+class _GatewayRefusingFinalize(StripeGateway):
+    """Stripe refuses to finalize (as it does for e.g. an invalid tax location)."""
+
+    def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
+        raise PermanentError("Stripe InvalidRequestError (400): customer tax location invalid")
+
+
+def test_held_draft_stripe_refuses_to_finalize_is_handed_back_not_kept(
+    world: GuardWorld, emulator: StripeEmulator, ledger: Ledger, ledger_table: str, queue_url: str
+) -> None:
+    emulator.set_faults(aggregation_lag_seconds=0.0)
+    worker = make_worker(
+        emulator,
+        ledger_table,
+        queue_url,
+        env={
+            "INVOICE_GUARD": "hold",
+            "CONFIRM_DELAY_SECONDS": "0",
+            "CONFIRM_MAX_DELAY_SECONDS": "1",
+            "CONFIRMATION_MARGIN_SECONDS": str(HOUR),
+        },
+        gateway=_GatewayRefusingFinalize(API_KEY, api_base=emulator.url),
+    )
+    renewal = world.subscribe(usage="3")
+    process_created(world, worker, renewal)
+    world.advance(renewal, 2 * HOUR)  # past the schedule: release means finalize
+
+    drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
+    record = ledger.invoice(renewal.invoice["id"]) or {}
+    assert (record["hold_status"], record["release_action"]) == ("released", "auto_advance")
+    assert world.invoice(renewal)["auto_advance"] is True
