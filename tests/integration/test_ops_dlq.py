@@ -224,3 +224,29 @@ def test_the_export_line_of_meterbridge_local_is_all_the_commands_need(
         assert code == 0, output
         assert "in_local" in output
         assert "no ledger record" in output  # the ledger table was found and read
+
+
+def test_replay_outlasting_the_hold_time_still_finds_every_selected_message(
+    queues: dict[str, str],
+) -> None:
+    """Held messages that reappear mid-run (the hold ran out) must not end the run early."""
+    import time
+
+    from meterbridge_local.ops.dlq import DeadLetterQueue, Selection
+
+    others = [invoice_event(f"in_other_{n}", "invoice.finalized") for n in range(20)]
+    wanted = [invoice_event(f"in_wanted_{n}") for n in range(5)]
+    dead_letter(queues, *others, *wanted)
+    dlq = DeadLetterQueue(boto3.client("sqs"), queues["dlq"], queues["queue"], hold_seconds=1)
+
+    result = dlq.replay(
+        Selection(event_types=frozenset({"invoice.created"})),
+        use_move_task=False,
+        progress=lambda _: time.sleep(1.2),  # a slow run: holds expire between receives
+    )
+
+    assert result.ok
+    assert sorted(letter.invoice_id or "" for letter in result.replayed) == sorted(
+        f"in_wanted_{n}" for n in range(5)
+    )
+    assert len(everything(queues["queue"])) == 5

@@ -157,15 +157,19 @@ class DeadLetterQueue:
         """Every dead letter (up to `limit`), left in the queue: each is received, then made
         visible again. Receiving counts as a receive (ApproximateReceiveCount grows)."""
         seen: dict[str, DeadLetter] = {}
+        stale = 0  # receives in a row that brought only messages already seen
         try:
             while limit is None or len(seen) < limit:
                 batch = self._receive()
                 fresh = [letter for letter in batch if letter.message_id not in seen]
                 for letter in batch:
                     seen[letter.message_id] = letter  # newest receipt handle wins
-                if not fresh:
+                stale = 0 if fresh else stale + 1
+                if not batch or stale * SQS_BATCH > len(seen):
                     break
-                if progress:
+                # Only seen ones came back (their hold ran out on a long listing): this
+                # receive hid them again; go on until the queue shows nothing new.
+                if progress and fresh:
                     progress(len(fresh))
         finally:
             self._release(seen.values())
@@ -266,6 +270,7 @@ class DeadLetterQueue:
     ) -> None:
         handled: set[str] = set()
         held: dict[str, DeadLetter] = {}  # to make visible again at the end
+        stale = 0  # receives in a row that brought only messages already handled
         try:
             while max_messages is None or len(result.replayed) < max_messages:
                 batch = self._receive()
@@ -273,8 +278,11 @@ class DeadLetterQueue:
                 for letter in batch:  # a held message that came back: keep its new handle
                     if letter.message_id in held:
                         held[letter.message_id] = letter
-                if not fresh:
+                stale = 0 if fresh else stale + 1
+                if not batch or stale * SQS_BATCH > len(handled):
                     break
+                # A batch of only handled messages (their hold ran out during a long run) is
+                # hidden again by this receive: go on until a full pass finds nothing new.
                 chosen: list[DeadLetter] = []
                 for letter in fresh:
                     handled.add(letter.message_id)
@@ -292,7 +300,7 @@ class DeadLetterQueue:
                     held.update((letter.message_id, letter) for letter in chosen)
                 else:
                     self._send_then_delete(chosen, result, held)
-                if progress:
+                if progress and fresh:
                     progress(len(fresh))
         finally:
             self._release(held.values())
