@@ -250,3 +250,23 @@ def test_replay_outlasting_the_hold_time_still_finds_every_selected_message(
         f"in_wanted_{n}" for n in range(5)
     )
     assert len(everything(queues["queue"])) == 5
+
+
+def test_replay_batches_stay_within_sqs_request_limit() -> None:
+    """moto does not enforce SendMessageBatch's 256 KiB per request; SQS does."""
+    from meterbridge_local.ops.dlq import SQS_BATCH_BYTES, DeadLetter, batches_within, sqs_size
+
+    def letter(size: int) -> DeadLetter:
+        body = json.dumps({**invoice_event("in_big"), "padding": "x" * size})
+        attributes = {"body_kind": {"DataType": "String", "StringValue": "event"}}
+        return DeadLetter.from_sqs(
+            {"MessageId": str(uuid.uuid4()), "ReceiptHandle": "h", "Body": body,
+             "MessageAttributes": attributes}
+        )  # fmt: skip
+
+    letters = [letter(100_000) for _ in range(10)]
+    groups = batches_within(letters, SQS_BATCH_BYTES)
+
+    assert [m.message_id for group in groups for m in group] == [m.message_id for m in letters]
+    assert all(sum(sqs_size(m) for m in group) <= SQS_BATCH_BYTES for group in groups)
+    assert len(groups) == 5  # two 100 KB messages per request

@@ -24,6 +24,8 @@ from meterbridge.messages import ATTR_BODY_KIND, ATTR_EVENT_ID, ATTR_EVENT_TYPE,
 from meterbridge_local.ops.config import OperatorError, queue_arn, queue_attributes
 
 SQS_BATCH = 10  # SQS's limit for ReceiveMessage and every *Batch call
+# SendMessageBatch limits the whole request, not each message, to 256 KiB.
+SQS_BATCH_BYTES = 262_144
 DEFAULT_HOLD_SECONDS = 300  # how long looked-at messages stay hidden while a command runs
 
 Progress = Callable[[int], None]  # called with the number of messages just handled
@@ -308,6 +310,12 @@ class DeadLetterQueue:
     def _send_then_delete(
         self, letters: list[DeadLetter], result: ReplayResult, held: dict[str, DeadLetter]
     ) -> None:
+        for group in batches_within(letters, SQS_BATCH_BYTES):
+            self._send_group_then_delete(group, result, held)
+
+    def _send_group_then_delete(
+        self, letters: list[DeadLetter], result: ReplayResult, held: dict[str, DeadLetter]
+    ) -> None:
         if not letters:
             return
         by_id = {str(index): letter for index, letter in enumerate(letters)}
@@ -399,3 +407,31 @@ def _code(error: ClientError) -> str:
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     code = details.get("Code") or str(status)
     return f"{code} (HTTP {status})" if status and str(status) != code else str(code)
+
+
+def sqs_size(letter: DeadLetter) -> int:
+    """Bytes SQS counts for a message: body plus each attribute's name, type and value."""
+    size = len(letter.body.encode())
+    for name, value in letter.message_attributes.items():
+        payload = value.get("StringValue") or value.get("BinaryValue") or ""
+        size += len(name.encode()) + len(str(value.get("DataType", "")).encode())
+        size += len(payload.encode() if isinstance(payload, str) else payload)
+    return size
+
+
+def batches_within(letters: list[DeadLetter], limit: int) -> list[list[DeadLetter]]:
+    """Consecutive groups whose total size stays within `limit` (a larger single message
+    travels alone: SQS judges it, as it did when it first accepted the message)."""
+    groups: list[list[DeadLetter]] = []
+    current: list[DeadLetter] = []
+    total = 0
+    for letter in letters:
+        size = sqs_size(letter)
+        if current and total + size > limit:
+            groups.append(current)
+            current, total = [], 0
+        current.append(letter)
+        total += size
+    if current:
+        groups.append(current)
+    return groups
