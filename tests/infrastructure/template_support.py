@@ -10,7 +10,8 @@ from samtranslator.translator.transform import transform
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 EXAMPLE_PARAMETERS = {
-    "StripeSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:meterbridge-stripe"
+    "StripeSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:meterbridge-stripe",
+    "UsageSource": "https://usage.example.com/usage",
 }
 
 

@@ -1,6 +1,7 @@
 """template.yaml stays deployable: cfn-lint on both forms, and the wiring the code relies on."""
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -118,3 +119,14 @@ def test_alarm_topic_is_not_on_the_aws_managed_sns_key():
     """CloudWatch alarms cannot publish to a topic encrypted with alias/aws/sns."""
     topic = sam_template()["Resources"]["AlarmTopic"]["Properties"]
     assert topic.get("KmsMasterKeyId") != "alias/aws/sns"
+
+
+def test_a_deploy_must_name_its_usage_source():
+    usage_source = sam_template()["Parameters"]["UsageSource"]
+    assert "Default" not in usage_source
+    pattern = re.compile(usage_source["AllowedPattern"])
+    assert all(
+        pattern.match(value)
+        for value in ("https://u.example/usage", "dynamodb://usage", "python://m:f")
+    )
+    assert not any(pattern.match(value) for value in ("", "usage.example.com", "ftp://x"))
