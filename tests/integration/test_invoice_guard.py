@@ -58,7 +58,12 @@ def world(emulator: StripeEmulator, queue_url: str) -> Iterator[GuardWorld]:
 
 
 def guard_worker(
-    emulator: StripeEmulator, ledger_table: str, queue_url: str, mode: str, **env: str
+    emulator: StripeEmulator,
+    ledger_table: str,
+    queue_url: str,
+    mode: str,
+    adapters: dict[str, Any] | None = None,
+    **env: str,
 ) -> Worker:
     settings = {
         "INVOICE_GUARD": mode,
@@ -68,7 +73,7 @@ def guard_worker(
         "CONFIRMATION_MARGIN_SECONDS": str(HOUR),
         **env,
     }
-    return make_worker(emulator, ledger_table, queue_url, env=settings)
+    return make_worker(emulator, ledger_table, queue_url, env=settings, **(adapters or {}))
 
 
 def report_of(ledger: Ledger, renewal: Renewal) -> dict[str, Any]:
@@ -366,18 +371,7 @@ def test_hold_still_gets_its_release_check_when_reporting_fails_midway(
 ) -> None:
     emulator.set_faults(aggregation_lag_seconds=0.0)
     failing = _LedgerFailingOnceAfterReporting(ledger_table, boto3.client("dynamodb"))
-    worker = make_worker(
-        emulator,
-        ledger_table,
-        queue_url,
-        env={
-            "INVOICE_GUARD": "hold",
-            "CONFIRM_DELAY_SECONDS": "0",
-            "CONFIRM_MAX_DELAY_SECONDS": "1",
-            "CONFIRMATION_MARGIN_SECONDS": str(HOUR),
-        },
-        ledger=failing,
-    )
+    worker = guard_worker(emulator, ledger_table, queue_url, "hold", {"ledger": failing})
     renewal = world.subscribe(usage="7")
     world.renew(renewal)
     world.deliver("invoice.created", renewal)
@@ -402,18 +396,8 @@ def test_held_draft_stripe_refuses_to_finalize_is_handed_back_not_kept(
     world: GuardWorld, emulator: StripeEmulator, ledger: Ledger, ledger_table: str, queue_url: str
 ) -> None:
     emulator.set_faults(aggregation_lag_seconds=0.0)
-    worker = make_worker(
-        emulator,
-        ledger_table,
-        queue_url,
-        env={
-            "INVOICE_GUARD": "hold",
-            "CONFIRM_DELAY_SECONDS": "0",
-            "CONFIRM_MAX_DELAY_SECONDS": "1",
-            "CONFIRMATION_MARGIN_SECONDS": str(HOUR),
-        },
-        gateway=_GatewayRefusingFinalize(API_KEY, api_base=emulator.url),
-    )
+    refusing = _GatewayRefusingFinalize(API_KEY, api_base=emulator.url)
+    worker = guard_worker(emulator, ledger_table, queue_url, "hold", {"gateway": refusing})
     renewal = world.subscribe(usage="3")
     process_created(world, worker, renewal)
     world.advance(renewal, 2 * HOUR)  # past the schedule: release means finalize
