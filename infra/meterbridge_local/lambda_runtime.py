@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 import boto3
 
 from meterbridge_local.aws import LOCAL_AWS_ENVIRONMENT, LOCAL_REGION
+from meterbridge_local.loopback import serve_in_background, stop_serving
 from meterbridge_local.resources import (
     LOCAL_ACCOUNT_ID,
     LOCAL_API_ID,
@@ -145,21 +146,12 @@ class HttpFront:
         return self.url + (route or self.routes[0]).path
 
     def start(self) -> "HttpFront":
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"http-front-{self.function.name}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve_in_background(self._server, f"http-front-{self.function.name}", 0.1)
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
+        stop_serving(self._server, self._thread)
+        self._thread = None
 
     def __enter__(self) -> "HttpFront":
         return self.start()

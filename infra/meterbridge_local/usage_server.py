@@ -20,6 +20,8 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from meterbridge_local.loopback import serve_in_background, stop_serving
+
 USAGE_PATH = "/usage"
 # Feeding over HTTP, for `meterbridge local`: POST {"account","meter","at","value"}.
 RECORDS_PATH = "/usage/records"
@@ -74,21 +76,12 @@ class UsageServer:
     # -- lifecycle
 
     def start(self) -> "UsageServer":
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="usage-server",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve_in_background(self._server, "usage-server", 0.05)
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
+        stop_serving(self._server, self._thread)
+        self._thread = None
 
     def __enter__(self) -> "UsageServer":
         return self if self._thread is not None else self.start()
