@@ -11,7 +11,7 @@ from meterbridge import guard, reporting
 from meterbridge.intake import Outcome
 from meterbridge.observability import METRICS_NAMESPACE
 from meterbridge.observability import SERVICE as SERVICE_NAME
-from tests.infrastructure.template_support import sam_template, translated_template
+from tests.infrastructure.template_support import TEMPLATE, sam_template, translated_template
 
 TOPIC = {"Ref": "AlarmTopic"}
 SERVICE = [{"Name": "service", "Value": "meterbridge"}]  # Powertools' default dimension
@@ -32,6 +32,8 @@ def _alarm(resources: dict[str, Any], name: str) -> dict[str, Any]:
     assert f'"{name}"' in properties["AlarmDescription"]  # names its runbook section
     return properties
 
+
+RUNBOOK = TEMPLATE.parent / "docs" / "runbook.md"
 
 SINGLE_METRIC_ALARMS = {
     # name: (namespace, metric, dimensions, statistic, period, threshold, comparison)
@@ -106,6 +108,7 @@ SINGLE_METRIC_ALARMS = {
             ("InvoiceMismatchAlarm", "InvoiceLineMismatches"),
             ("MeterErrorReportsAlarm", "MeterEventErrors"),
             ("HoldLimitAlarm", "HoldLimitReached"),
+            ("HoldReleaseFallbackAlarm", "HoldReleaseFallback"),
         )
     },
 }
@@ -160,6 +163,7 @@ def test_alarm_names_match_what_the_code_emits() -> None:
         "InvoiceLineMismatches",
         "MeterEventErrors",
         "HoldLimitReached",
+        "HoldReleaseFallback",
     ):
         assert f'"{metric}"' in guard_source
 
@@ -183,9 +187,34 @@ def test_every_alarm_is_covered_and_every_alarm_is_on_the_dashboard(
         "InvoiceMismatchAlarm",
         "MeterErrorReportsAlarm",
         "HoldLimitAlarm",
+        "HoldReleaseFallbackAlarm",
     }
     body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     assert {f"{name}.Arn" for name in alarms} <= set(re.findall(r"\$\{([^}]+)\}", body))
+
+
+def test_every_alarm_has_its_runbook_section(resources: dict[str, Any]) -> None:
+    """Each alarm's description sends the operator to a section of that name."""
+    sections = set(re.findall(r"^## (\S+)$", RUNBOOK.read_text(), flags=re.MULTILINE))
+    alarms = {n for n, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms - sections == set()
+
+
+def test_guard_widget_charts_every_guard_alarm_metric(resources: dict[str, Any]) -> None:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    document = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    guard_widget = next(
+        w
+        for w in document["widgets"]
+        if w["properties"].get("title", "").startswith("Invoice guard")
+    )
+    charted = {row[1] for row in guard_widget["properties"]["metrics"]}
+    assert {
+        "ConfirmationMissing",
+        "InvoiceLineMismatches",
+        "HoldLimitReached",
+        "HoldReleaseFallback",
+    } <= charted
 
 
 def test_dashboard_body_is_json_once_substituted(resources: dict[str, Any]) -> None:
