@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from meterbridge_local.aws import MotoServer
+from meterbridge_local.resources import create_resources
 from tests.infrastructure.template_support import (
     EXAMPLE_PARAMETERS,
     sam_template,
@@ -152,3 +154,59 @@ def test_a_batch_above_ten_without_batching_window_is_refused(
                 assert "WorkerBatchingWindowSeconds of at least 1" in refused[0]
             else:
                 assert refused == [], (batch, window)
+
+
+@pytest.mark.parametrize(
+    ("usage_source", "usage_table", "refused_because"),
+    [
+        ("dynamodb://", "", "set UsageTableName"),
+        ("https://usage.example.com/usage", "usage-records", "UsageTableName is read only"),
+        ("python://billing.usage:query", "usage-records", "UsageTableName is read only"),
+        ("dynamodb://", "usage-records", None),
+        ("https://usage.example.com/usage", "", None),
+        ("python://billing.usage:query", "", None),
+    ],
+)
+def test_usage_table_and_dynamodb_usage_source_go_together(
+    refusals: Callable[..., list[str]],
+    usage_source: str,
+    usage_table: str,
+    refused_because: str | None,
+) -> None:
+    refused = refusals(UsageSource=usage_source, UsageTableName=usage_table)
+    if refused_because is None:
+        assert refused == []
+    else:
+        assert len(refused) == 1
+        assert refused_because in refused[0]
+
+
+def test_the_worker_reads_the_usage_table_it_is_granted(aws: MotoServer) -> None:
+    """USAGE_SOURCE and the read policy both come from UsageTableName, under one condition."""
+    local = create_resources(
+        aws.endpoint_url,
+        parameter_overrides={"UsageSource": "dynamodb://", "UsageTableName": "usage-records"},
+        stack_name="rules-usage-table",
+    )
+    assert local.functions["WorkerFunction"].environment["USAGE_SOURCE"] == (
+        "dynamodb://usage-records"
+    )
+    worker = sam_template()["Resources"]["WorkerFunction"]["Properties"]
+    [(condition, policy, _)] = [
+        p["Fn::If"] for p in worker["Policies"] if isinstance(p, dict) and "Fn::If" in p
+    ]
+    assert policy == {"DynamoDBReadPolicy": {"TableName": {"Ref": "UsageTableName"}}}
+    assert worker["Environment"]["Variables"]["USAGE_SOURCE"]["Fn::If"][0] == condition
+
+
+def test_without_a_usage_table_the_worker_gets_the_usage_source_as_given(
+    aws: MotoServer,
+) -> None:
+    local = create_resources(
+        aws.endpoint_url,
+        parameter_overrides={"UsageSource": "https://usage.example.com/usage"},
+        stack_name="rules-usage-http",
+    )
+    assert local.functions["WorkerFunction"].environment["USAGE_SOURCE"] == (
+        "https://usage.example.com/usage"
+    )

@@ -125,8 +125,14 @@ def test_a_deploy_must_name_its_usage_source():
     usage_source = sam_template()["Parameters"]["UsageSource"]
     assert "Default" not in usage_source
     pattern = re.compile(usage_source["AllowedPattern"])
+    # CloudFormation matches AllowedPattern against the whole value.
     assert all(
-        pattern.match(value)
-        for value in ("https://u.example/usage", "dynamodb://usage", "python://m:f")
+        pattern.fullmatch(value)
+        for value in ("https://u.example/usage", "dynamodb://", "python://m:f")
     )
-    assert not any(pattern.match(value) for value in ("", "usage.example.com", "ftp://x"))
+    # dynamodb://TABLE is refused: its table would be a second, unchecked copy of
+    # UsageTableName (the one the worker is granted read access to).
+    assert not any(
+        pattern.fullmatch(value)
+        for value in ("", "usage.example.com", "ftp://x", "dynamodb://usage", "https://")
+    )
