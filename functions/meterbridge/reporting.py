@@ -16,13 +16,15 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from meterbridge.adapters.ledger import Claim, Ledger
+from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, Claim, Ledger
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
 from meterbridge.domain.eligibility import ineligibility_reason, reported_line_meters
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice
 from meterbridge.domain.reports import (
     PlannedReport,
+    SendOutcomeUnknown,
+    check_resend,
     is_late,
     meter_event_timestamp,
     plan_reports,
@@ -88,21 +90,26 @@ class UsageReporter:
         if guard is not None:
             guard.usage_lookup = self.current_usage
 
-    def handle(self, envelope: EventEnvelope, event: dict[str, Any] | None) -> EventOutcome:
-        """Process one queued Stripe event; raises TransientError / PermanentError to retry."""
+    def handle(
+        self,
+        envelope: EventEnvelope,
+        event: dict[str, Any] | None,
+        *,
+        retry: bool = False,
+        deadline: float | None = None,
+    ) -> EventOutcome:
+        """Process one queued Stripe event; raises TransientError / PermanentError to retry.
+
+        `retry`: an earlier delivery of this message failed. `deadline` (time.monotonic()):
+        no report starts after it, so the invocation ends before its timeout.
+        """
         now = int(self.clock())
+        if envelope.type == INVOICE_CREATED:
+            return self._invoice_created(envelope, event, now, retry, deadline)
         if self._ledger.event_seen(envelope.id, now):
             count("DuplicateEvents")
             return EventOutcome(envelope.id, envelope.type, "duplicate_event")
-        if envelope.type == INVOICE_CREATED:
-            if event is None:  # travelled as an envelope: too large for the queue
-                event = self._gateway.event(envelope.id)
-            document = (event.get("data") or {}).get("object")
-            if not isinstance(document, dict):
-                raise PermanentError(f"event {envelope.id} carries no invoice")
-            outcome = self.report_invoice(document, now)
-            outcome.event_id, outcome.event_type = envelope.id, envelope.type
-        elif envelope.type == INVOICE_FINALIZED and self.guard is not None:
+        if envelope.type == INVOICE_FINALIZED and self.guard is not None:
             if event is None:
                 event = self._gateway.event(envelope.id)
             document = (event.get("data") or {}).get("object")
@@ -123,8 +130,51 @@ class UsageReporter:
         )
         return outcome
 
-    def report_invoice(self, document: dict[str, Any], now: int) -> EventOutcome:
-        """Report one invoice's usage (the event's memory is `handle`'s business)."""
+    def _invoice_created(
+        self,
+        envelope: EventEnvelope,
+        event: dict[str, Any] | None,
+        now: int,
+        retry: bool,
+        deadline: float | None,
+    ) -> EventOutcome:
+        """The event is remembered on its invoice's ledger item, read here once: it says
+        whether the event was processed, and whether an earlier attempt touched the invoice
+        (then each report is claimed before its usage is read: reports already sent cost
+        no usage query)."""
+        if event is None:  # travelled as an envelope: too large for the queue
+            event = self._gateway.event(envelope.id)
+        document = (event.get("data") or {}).get("object")
+        if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+            raise PermanentError(f"event {envelope.id} carries no invoice")
+        recorded = self._ledger.invoice(document["id"])
+        if Ledger.created_event_seen(recorded, envelope.id):
+            count("DuplicateEvents")
+            return EventOutcome(envelope.id, envelope.type, "duplicate_event")
+        outcome = self.report_invoice(
+            document,
+            now,
+            created_event=envelope.id,
+            careful=retry or recorded is not None,
+            deadline=deadline,
+        )
+        outcome.event_id, outcome.event_type = envelope.id, envelope.type
+        return outcome
+
+    def report_invoice(
+        self,
+        document: dict[str, Any],
+        now: int,
+        *,
+        created_event: str | None = None,
+        careful: bool = False,
+        deadline: float | None = None,
+    ) -> EventOutcome:
+        """Report one invoice's usage; `created_event` is remembered once it is done.
+
+        `careful`: claim each report before reading its usage (a retry: some reports may be
+        sent already). Otherwise usage is read first and claimed with the claim.
+        """
         invoice_id = str(document.get("id"))
         try:
             invoice = Invoice.model_validate(document)
@@ -147,7 +197,7 @@ class UsageReporter:
             if not plans:
                 reason = "no line is priced by a meter that meterbridge reports"
         if reason is not None:
-            self._record_invoice(invoice, "skipped", reason, now, 0)
+            self._record_invoice(invoice, "skipped", reason, now, 0, created_event=created_event)
             count("InvoicesSkipped")
             logger.info("invoice skipped", extra={**context, "reason": reason})
             return EventOutcome("", "", "skipped", reason=reason)
@@ -160,8 +210,15 @@ class UsageReporter:
                 self.guard.hold(invoice, now, report_count=len(plans))
             clock_offset = self._clock_offset(invoice, now)
             for plan in plans:
+                if deadline is not None and time.monotonic() > deadline:
+                    statuses[plan.identifier] = "retry"
+                    transient.append(f"{plan.identifier}: not started, out of invocation time")
+                    continue
                 try:
-                    statuses[plan.identifier] = self._report(plan, tenant, now, clock_offset)
+                    # Each report's own `now`: leases and timestamps from when it starts.
+                    statuses[plan.identifier] = self._report(
+                        plan, tenant, int(self.clock()), clock_offset, careful=careful
+                    )
                 except TransientError as error:
                     statuses[plan.identifier] = "retry"
                     transient.append(f"{plan.identifier}: {error}")
@@ -175,6 +232,8 @@ class UsageReporter:
                 "; ".join(failed)[:1000] or None,
                 now,
                 len(plans),
+                # A failed event is not done: its redelivery (or DLQ replay) must run.
+                created_event=None if failed else created_event,
             )
         finally:
             if self.guard is not None:
@@ -189,7 +248,14 @@ class UsageReporter:
         return EventOutcome("", "", "reported", reports=statuses)
 
     def _record_invoice(
-        self, invoice: Invoice, status: str, reason: str | None, now: int, report_count: int
+        self,
+        invoice: Invoice,
+        status: str,
+        reason: str | None,
+        now: int,
+        report_count: int,
+        *,
+        created_event: str | None = None,
     ) -> None:
         self._ledger.record_invoice(
             invoice.id,
@@ -198,6 +264,7 @@ class UsageReporter:
             reason=reason,
             now=now,
             report_count=report_count,
+            created_event=created_event,
         )
 
     def _clock_offset(self, invoice: Invoice, now: int) -> int:
@@ -248,29 +315,35 @@ class UsageReporter:
         return str(tenant)
 
     def _report(
-        self, plan: PlannedReport, tenant: str | None, now: int, clock_offset: int = 0
+        self,
+        plan: PlannedReport,
+        tenant: str | None,
+        now: int,
+        clock_offset: int = 0,
+        *,
+        careful: bool = True,
     ) -> str:
         context = {
             "invoice_id": plan.invoice_id,
             "customer_id": plan.customer_id,
             "identifier": plan.identifier,
         }
-        # Usage first, so that a report nobody has touched yet is claimed together with its
-        # value in one ledger write. Whatever an earlier attempt recorded still wins below:
-        # the general claim hands back the value that may already have reached Stripe.
-        timestamp: int | Exception
-        value: Decimal | Exception
-        try:
-            timestamp = meter_event_timestamp(plan.period, now, plan.test_clock)
-            value = self._usage_of(plan, tenant)
-        except (TransientError, PermanentError) as error:
-            timestamp = value = error
+        # Not careful (a first attempt): usage first, so that a report nobody has touched
+        # yet is claimed together with its value in one ledger write. Whatever an earlier
+        # attempt recorded still wins below: the general claim hands back the value that
+        # may already have reached Stripe.
+        value: Decimal | Exception | None = None
+        timestamp: int | Exception | None = None
         claim: Claim | None = None
-        ready = isinstance(value, Decimal) and isinstance(timestamp, int)
-        if ready and (value != 0 or self._policy.report_zero_usage):
-            assert isinstance(value, Decimal)
-            assert isinstance(timestamp, int)
-            claim = self._ledger.claim_new(plan, value, timestamp, now, self._policy.lease_seconds)
+        if not careful:
+            value, timestamp = self._measure(plan, tenant, now)
+            ready = isinstance(value, Decimal) and isinstance(timestamp, int)
+            if ready and (value != 0 or self._policy.report_zero_usage):
+                assert isinstance(value, Decimal)
+                assert isinstance(timestamp, int)
+                claim = self._ledger.claim_new(
+                    plan, value, timestamp, now, self._policy.lease_seconds
+                )
         fresh = claim is not None
         if claim is None:
             claim = self._ledger.claim(plan, now, self._policy.lease_seconds)
@@ -279,8 +352,12 @@ class UsageReporter:
             logger.info("report already recorded; not sent again", extra=context)
             return "already_recorded"
         try:
+            if not fresh:
+                check_resend(plan.identifier, claim.send_started_at, now)
             if claim.value is not None and claim.timestamp is not None:
                 value, timestamp = claim.value, claim.timestamp
+            elif value is None or timestamp is None:
+                value, timestamp = self._measure(plan, tenant, now)
             if isinstance(value, Exception):
                 raise value
             if isinstance(timestamp, Exception):
@@ -364,6 +441,16 @@ class UsageReporter:
         other.guard = self.guard
         return other
 
+    def _measure(
+        self, plan: PlannedReport, tenant: str | None, now: int
+    ) -> tuple[Decimal | Exception, int | Exception]:
+        """The report's usage value and timestamp, or the error that prevents each."""
+        try:
+            timestamp = meter_event_timestamp(plan.period, now, plan.test_clock)
+            return self._usage_of(plan, tenant), timestamp
+        except (TransientError, PermanentError) as error:
+            return error, error
+
     def _usage_of(self, plan: PlannedReport, tenant: str | None) -> Decimal:
         started = time.perf_counter()
         try:
@@ -401,11 +488,13 @@ class UsageReporter:
 
     def _fail(self, claim: Claim, error: Exception, now: int, context: dict[str, str]) -> None:
         failure_class = "permanent" if isinstance(error, PermanentError) else "transient"
+        if isinstance(error, SendOutcomeUnknown):
+            failure_class = OUTCOME_UNKNOWN
         try:
             self._ledger.mark_failed(claim, failure_class=failure_class, reason=str(error), now=now)
         except TransientError:
             logger.exception("could not record the failure in the ledger", extra=context)
-        if failure_class == "permanent":
+        if failure_class != "transient":
             count("ReportsFailed")
             logger.error("report failed permanently", extra={**context, "reason": str(error)})
         else:

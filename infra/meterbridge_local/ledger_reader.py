@@ -19,6 +19,7 @@ from meterbridge.adapters.ledger import (
     CUSTOMER_ID,
     DONE_STATUSES,
     INVOICE,
+    OUTCOME_UNKNOWN,
     REPORT,
     SORT_KEY,
     Ledger,
@@ -76,16 +77,32 @@ class ReportRevisions:
     @property
     def unfinished(self) -> dict[str, Any] | None:
         """A revision that is pending or failed: it must be finished before a new one.
-        One Stripe rejected asynchronously is final: its identifier cannot be sent again."""
+        One Stripe rejected asynchronously is final: its identifier cannot be sent again;
+        so is one whose outcome is unknown (the worker will not send it again)."""
         for item in self.items:
-            if item.get("status") not in DONE_STATUSES and not is_rejected(item):
+            if item.get("status") not in DONE_STATUSES and not is_closed_failure(item):
                 return item
         return None
+
+    @property
+    def outcome_unknown(self) -> dict[str, Any] | None:
+        """A revision that may or may not be counted by Stripe (see SendOutcomeUnknown)."""
+        return next((item for item in self.items if is_outcome_unknown(item)), None)
 
 
 def is_rejected(item: dict[str, Any]) -> bool:
     """Stripe refused the report after accepting the request (meter error report)."""
     return item.get("failure_class") == REJECTED_BY_STRIPE
+
+
+def is_outcome_unknown(item: dict[str, Any]) -> bool:
+    """An attempt may have reached Stripe longer ago than Stripe remembers identifiers."""
+    return item.get("failure_class") == OUTCOME_UNKNOWN
+
+
+def is_closed_failure(item: dict[str, Any]) -> bool:
+    """A failed revision the worker never sends again: only a new revision can follow."""
+    return is_rejected(item) or is_outcome_unknown(item)
 
 
 class LedgerReader:

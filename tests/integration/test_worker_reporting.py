@@ -2,14 +2,16 @@
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import Ledger
-from meterbridge.domain.invoices import ServicePeriod
-from meterbridge.domain.reports import report_identifier
+from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, Ledger
+from meterbridge.domain.invoices import Meter, ServicePeriod
+from meterbridge.domain.reports import PlannedReport, report_identifier
+from meterbridge.errors import TransientError
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
@@ -37,9 +39,14 @@ from tests.support.worker import (
 __all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
 
 
-def run(worker: worker_module.Worker, queue: str, count: int = 1) -> dict[str, Any]:
+def run(
+    worker: worker_module.Worker,
+    queue: str,
+    count: int = 1,
+    context: FakeLambdaContext | None = None,
+) -> dict[str, Any]:
     event = receive_batch(queue, count)
-    response = worker_module.handler(event, FakeLambdaContext(), worker=worker)
+    response = worker_module.handler(event, context or FakeLambdaContext(), worker=worker)
     return {"event": event, "response": response, "failed": failed_ids(response)}
 
 
@@ -435,3 +442,152 @@ def test_finalized_invoice_meterbridge_never_saw_is_ignored_without_failing(
     enqueue(queue_url, event)
     assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
     assert ledger.event_seen(event["id"], int(time.time()))
+
+
+def test_a_redelivered_event_is_recognised_on_its_invoice_before_any_usage_query(
+    case: WorkerCase,
+) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    event = invoice_created(invoice)
+    worker = make_worker(emulator, ledger_table, queue_url)
+    enqueue(queue_url, event)
+    assert run(worker, queue_url)["failed"] == set()
+    queries = len(USAGE_QUERIES)
+
+    enqueue(queue_url, event)  # Stripe's retry of the same event
+    assert run(worker, queue_url)["failed"] == set()
+
+    assert len(USAGE_QUERIES) == queries  # recognised before any work
+    recorded = ledger.invoice(invoice["id"])
+    assert recorded is not None
+    assert recorded["created_events"] == {event["id"]}
+    assert not ledger.event_seen(event["id"], int(time.time()))  # no separate event item
+    assert len(billing.meter_events(identifier_of(invoice))) == 1
+
+
+def test_a_retry_claims_first_so_reports_already_sent_cost_no_usage_query(
+    case: WorkerCase,
+) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    other_meter = billing.meter()
+    other_price = billing.metered_price(other_meter)
+    USAGE[(setup["customer"]["id"], other_meter["event_name"])] = "7"
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"], other_price])
+    second = identifier_of(invoice, 1)
+
+    class ThrottledOnce(Ledger):
+        """The second report's first claim meets DynamoDB throttling."""
+
+        def claim_new(self, report: Any, *args: Any, **kwargs: Any) -> Any:
+            if report.identifier == second:
+                raise TransientError("DynamoDB ThrottlingException on ledger")
+            return super().claim_new(report, *args, **kwargs)
+
+    enqueue(queue_url, invoice_created(invoice))
+    throttled = make_worker(
+        emulator,
+        ledger_table,
+        queue_url,
+        ledger=ThrottledOnce(ledger_table, boto3.client("dynamodb")),
+    )
+    assert len(run(throttled, queue_url)["failed"]) == 1
+    assert ledger.report(identifier_of(invoice))["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(second) is None
+
+    del USAGE_QUERIES[:]
+    assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
+    assert [query.meter for query in USAGE_QUERIES] == [other_meter["event_name"]]
+    assert ledger.report(second)["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(second)["value"] == "7"  # type: ignore[index]
+    assert len(billing.meter_events(identifier_of(invoice))) == 1
+
+
+def test_reports_not_started_before_the_invocation_ends_are_left_for_the_retry(
+    case: WorkerCase,
+) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(emulator, ledger_table, queue_url)
+    identifier = identifier_of(invoice)
+
+    # A few milliseconds left: no report may start, or Lambda would kill it mid-send.
+    assert (
+        len(run(worker, queue_url, context=FakeLambdaContext(timeout_seconds=0.002))["failed"]) == 1
+    )
+    assert ledger.report(identifier) is None
+    assert billing.meter_events(identifier) == []
+    recorded = ledger.invoice(invoice["id"])
+    assert recorded is not None
+    assert recorded["status"] == "failed"
+    assert "out of invocation time" in recorded["reason"]
+    assert "created_events" not in recorded  # not done: the retry must run
+
+    assert run(worker, queue_url)["failed"] == set()
+    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+    assert len(billing.meter_events(identifier)) == 1
+
+
+def test_an_unknown_outcome_is_not_sent_again_once_stripe_may_have_forgotten_it(
+    case: WorkerCase,
+) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+
+    class CrashingLedger(Ledger):
+        def mark_sent(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("Lambda timed out right after sending")
+
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    event = invoice_created(invoice)
+    enqueue(queue_url, event)
+    clock = Clock()
+    crashing = make_worker(
+        emulator,
+        ledger_table,
+        queue_url,
+        ledger=CrashingLedger(ledger_table, boto3.client("dynamodb")),
+        clock=clock,
+    )
+    assert len(run(crashing, queue_url)["failed"]) == 1
+    identifier = identifier_of(invoice)
+    assert ledger.report(identifier)["status"] == "pending"  # type: ignore[index]
+
+    # Replayed from the DLQ two days later: Stripe's identifier memory (≥ 24 h) may be gone,
+    # so the same identifier could be counted a second time.
+    clock.offset = 2 * DAY
+    worker = make_worker(emulator, ledger_table, queue_url, clock=clock)
+    for _ in range(2):
+        assert len(run(worker, queue_url)["failed"]) == 1
+        report = ledger.report(identifier)
+        assert report is not None
+        assert (report["status"], report["failure_class"]) == ("failed", OUTCOME_UNKNOWN)
+        assert "outcome is unknown" in report["last_error"]
+        assert "meterbridge report" in report["last_error"]
+    assert len(billing.meter_events(identifier)) == 1  # the first attempt's, never repeated
+
+
+def test_a_permanent_refusal_clears_the_send_marker_a_transient_one_keeps_it(
+    ledger: Ledger,
+) -> None:
+    """A permanent failure (Stripe's 400, a bad value) proves nothing was counted, so a
+    replay days later may send afresh; a transient one leaves the outcome open."""
+    period = ServicePeriod(start=1_000, end=2_000)
+    for failure_class, kept in (("permanent", False), ("transient", True)):
+        plan = PlannedReport(
+            identifier=report_identifier(f"si_marker_{failure_class}", period),
+            invoice_id="in_marker",
+            customer_id="cus_marker",
+            subscription_item_id=f"si_marker_{failure_class}",
+            meter=Meter(id="mtr_marker", event_name="calls"),
+            period=period,
+            finalizes_at=3_000,
+        )
+        claim = ledger.claim_new(plan, Decimal(5), 1_999, now=10_000, lease_seconds=60)
+        assert claim is not None
+        assert claim.send_started_at == 10_000
+        ledger.mark_failed(claim, failure_class=failure_class, reason="refused", now=10_001)
+
+        again = ledger.claim(plan, now=10_000 + 3 * DAY, lease_seconds=60)
+        assert again is not None
+        assert (again.send_started_at == 10_000) is kept

@@ -11,6 +11,8 @@ Table schema (template.yaml's LedgerTable must match these constants):
     report         pk = "report#<identifier>",  sk = "report"
     invoice        pk = "invoice#<invoice id>", sk = "invoice"   (skipped / failed / reported)
     Stripe event   pk = "event#<event id>",     sk = "event"     (expires via TTL)
+    (invoice.created events are remembered on their invoice's item instead, in the string
+    set `created_events`: the worker reads that item anyway, so one round trip less)
     GSI by_invoice   invoice_id (S, HASH) + sk (S, RANGE)          projection ALL
     GSI by_customer  customer_id (S, HASH) + created_at (S, RANGE) projection ALL
     TTL attribute    expires_at (N, unix seconds): only event items carry it
@@ -18,7 +20,8 @@ Table schema (template.yaml's LedgerTable must match these constants):
 Report items also hold: identifier, subscription_item_id, meter_id, meter_event_name,
 period_start, period_end, value (decimal text), timestamp, status, failure_class,
 last_error, attempts, lease_expires_at, stripe_request_id, finalizes_at, sent_at,
-duplicate, livemode, updated_at.
+duplicate, livemode, updated_at, send_started_at (when the first attempt that may have
+reached Stripe began; removed when Stripe's answer proved it was not counted).
 
 The invoice guard adds (times are unix seconds; `*_at` by the worker's clock, `hold_*`
 and `scheduled_finalization_at` by the invoice's clock — its test clock, if any):
@@ -91,6 +94,10 @@ class ReportStatus(StrEnum):
 
 
 REJECTED = "rejected"  # failure_class of a report Stripe refused asynchronously
+# failure_class of a report that may have reached Stripe more than Stripe's identifier
+# memory ago: neither sending again nor giving up is safe without a person's check.
+OUTCOME_UNKNOWN = "outcome_unknown"
+CREATED_EVENTS = "created_events"  # invoice item: invoice.created event ids processed
 
 DONE_STATUSES = frozenset({ReportStatus.SENT, ReportStatus.LATE, ReportStatus.SKIPPED})
 
@@ -108,6 +115,7 @@ class Claim:
     attempt: int
     value: Decimal | None = None
     timestamp: int | None = None
+    send_started_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,9 @@ class Ledger:
             attempt=int(item["attempts"]),
             value=Decimal(item["value"]) if reusable else None,
             timestamp=int(item["timestamp"]) if reusable and "timestamp" in item else None,
+            send_started_at=(
+                int(item["send_started_at"]) if item.get("send_started_at") is not None else None
+            ),
         )
 
     def claim_new(
@@ -261,6 +272,7 @@ class Ledger:
             "updated_at": iso(now),
             "value": str(value),
             "timestamp": timestamp,
+            "send_started_at": now,
         }
         try:
             self._dynamo(
@@ -273,14 +285,21 @@ class Ledger:
             )
         except _ConditionFailed:
             return None
-        return Claim(identifier=report.identifier, attempt=1, value=value, timestamp=timestamp)
+        return Claim(
+            identifier=report.identifier,
+            attempt=1,
+            value=value,
+            timestamp=timestamp,
+            send_started_at=now,
+        )
 
     def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None:
-        """Write down what is about to be sent, before sending it."""
+        """Write down what is about to be sent, and when sending began, before sending it."""
         self._update_claimed(
             claim,
-            "SET #value = :value, #timestamp = :timestamp, updated_at = :updated",
-            {":value": str(value), ":timestamp": timestamp, ":updated": iso(now)},
+            "SET #value = :value, #timestamp = :timestamp, updated_at = :updated,"
+            " send_started_at = if_not_exists(send_started_at, :now)",
+            {":value": str(value), ":timestamp": timestamp, ":updated": iso(now), ":now": now},
             names={"#value": "value", "#timestamp": "timestamp"},
         )
 
@@ -309,11 +328,16 @@ class Ledger:
         )
 
     def mark_failed(self, claim: Claim, *, failure_class: str, reason: str, now: int) -> None:
-        """Record why this attempt failed; the lease ends so a retry can claim at once."""
+        """Record why this attempt failed; the lease ends so a retry can claim at once.
+
+        A permanent failure is Stripe's (or our own) refusal before anything was counted,
+        so the next attempt starts afresh: its value is read again, and its send is new.
+        """
+        removed = ", send_started_at" if failure_class == "permanent" else ""
         self._update_claimed(
             claim,
             "SET #status = :failed, failure_class = :class, last_error = :reason,"
-            " updated_at = :updated REMOVE lease_expires_at",
+            f" updated_at = :updated REMOVE lease_expires_at{removed}",
             {
                 ":failed": ReportStatus.FAILED.value,
                 ":class": failure_class,
@@ -379,14 +403,24 @@ class Ledger:
         reason: str | None,
         now: int,
         report_count: int = 0,
+        created_event: str | None = None,
     ) -> None:
-        """Set the invoice's reporting outcome; guard attributes on the item stay."""
-        self.update_invoice(
+        """Set the invoice's reporting outcome; guard attributes on the item stay.
+
+        `created_event` is the invoice.created event whose processing this outcome ends:
+        remembered on the item, a redelivery of it is recognised by `created_event_seen`.
+        """
+        update = self._invoice_update(
             invoice_id,
             customer_id,
             {"status": status, "reason": reason, "report_count": report_count},
             now,
         )
+        if created_event is not None:
+            update["UpdateExpression"] += " ADD #events :event"
+            update["ExpressionAttributeNames"]["#events"] = CREATED_EVENTS
+            update["ExpressionAttributeValues"][":event"] = {"SS": [created_event]}
+        self._dynamo(lambda: self._client.update_item(TableName=self._table, **update))
 
     def update_invoice(
         self, invoice_id: str, customer_id: str, fields: dict[str, Any], now: int
@@ -634,6 +668,11 @@ class Ledger:
         return _decode(item) if item else None
 
     # --- Stripe events ------------------------------------------------------------------
+
+    @staticmethod
+    def created_event_seen(invoice_item: dict[str, Any] | None, event_id: str) -> bool:
+        """Whether `record_invoice` remembered this invoice.created event on the item."""
+        return event_id in ((invoice_item or {}).get(CREATED_EVENTS) or ())
 
     def event_seen(self, event_id: str, now: int) -> bool:
         found = self._dynamo(

@@ -13,10 +13,19 @@ IDENTIFIER_PREFIX = "mb1"
 STRIPE_MAX_PAST_SECONDS = 35 * 24 * 3600
 STRIPE_MAX_FUTURE_SECONDS = 5 * 60
 MAX_SIGNIFICANT_DIGITS = 15  # Stripe's limit on meter event values
+# Stripe drops a repeated identifier "within a rolling period of at least 24 hours". A
+# report whose first send may have reached Stripe is resent under the same identifier only
+# well inside that window (an hour kept for clock skew between us and Stripe).
+SAFE_RESEND_SECONDS = 23 * 3600
 
 
 class TimestampOutsideWindow(PermanentError):
     """No instant of the service period is one Stripe would accept as a timestamp now."""
+
+
+class SendOutcomeUnknown(PermanentError):
+    """An attempt may have reached Stripe, and Stripe no longer remembers the identifier:
+    sending again could count the usage twice, not sending could lose it. A person decides."""
 
 
 class InvalidUsageValue(PermanentError):
@@ -69,6 +78,19 @@ def meter_event_timestamp(period: ServicePeriod, now: int, test_clock: str | Non
             " by hand (invoice item) or adjust the invoice before it finalizes."
         )
     return timestamp
+
+
+def check_resend(identifier: str, send_started_at: int | None, now: int) -> None:
+    """Resending is safe while Stripe still drops the identifier as a duplicate."""
+    if send_started_at is None or now - send_started_at < SAFE_RESEND_SECONDS:
+        return
+    raise SendOutcomeUnknown(
+        f"report {identifier} was first sent at {send_started_at} and that attempt's outcome"
+        f" is unknown; {now - send_started_at} s later Stripe may no longer drop the"
+        " identifier as a duplicate, so it is not sent again. Check the customer's meter"
+        " event summary in Stripe; if the usage is missing, send it with"
+        " `meterbridge report --invoice <id> --force`."
+    )
 
 
 def usage_value(raw: object) -> Decimal:

@@ -9,6 +9,7 @@ queue, where an operator replays them after the fix.
 """
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,9 @@ class Worker:
     concurrency: int
     backoff_base_seconds: int = 30
     backoff_max_seconds: int = 900
+    # No report starts later than this before the invocation's timeout: one usage query
+    # and one Stripe call must still fit, or Lambda would kill the invocation mid-report.
+    time_margin_seconds: float = 17.0
 
     def __post_init__(self) -> None:
         # One pool per container, not per batch: its threads (and what they keep, such as
@@ -72,13 +76,28 @@ class Worker:
             else None
         )
 
-    def handle_batch(self, event: dict[str, Any]) -> PartialItemFailureResponse:
+    def handle_batch(
+        self, event: dict[str, Any], context: LambdaContext | None = None
+    ) -> PartialItemFailureResponse:
+        deadline = self._deadline(context)
         processor = ConcurrentBatchProcessor(self._pool)
-        with processor(records=event.get("Records", []), handler=self.handle_record):
+        with processor(
+            records=event.get("Records", []),
+            handler=lambda record: self.handle_record(record, deadline),
+        ):
             processor.process()
         return processor.response()
 
-    def handle_record(self, record: SQSRecord) -> str:
+    def _deadline(self, context: LambdaContext | None) -> float | None:
+        """When reports must stop starting; reports left over fail transiently and their
+        retry skips what was sent. Half the remaining time at least, so work goes on."""
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining_ms is None:
+            return None
+        remaining = float(remaining_ms()) / 1000
+        return time.monotonic() + max(remaining - self.time_margin_seconds, remaining / 2)
+
+    def handle_record(self, record: SQSRecord, deadline: float | None = None) -> str:
         attempt = int(record.attributes.approximate_receive_count or 1)
         attribute: Any = record.raw_event.get("messageAttributes", {}).get(ATTR_BODY_KIND) or {}
         body_kind = attribute.get("stringValue") or "event"
@@ -91,7 +110,9 @@ class Worker:
                 raise PermanentError(
                     f"message {record.message_id} is not a Stripe event"
                 ) from error
-            outcome: EventOutcome = self.reporter.handle(envelope, full_event)
+            outcome: EventOutcome = self.reporter.handle(
+                envelope, full_event, retry=attempt > 1, deadline=deadline
+            )
         except PermanentError as error:
             count("PermanentFailures")
             logger.error(
@@ -143,7 +164,11 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
     secrets = source.stripe_secrets()
     if not secrets.api_key:
         raise SettingsError("the Stripe secret has no api_key")
-    pool = Config(max_pool_connections=max(10, settings.batch_concurrency * 2))
+    # Parameter validation off: the ledger builds every request itself, and DynamoDB
+    # validates them anyway; botocore's check cost ~10 % of the worker's CPU per report.
+    pool = Config(
+        max_pool_connections=max(10, settings.batch_concurrency * 2), parameter_validation=False
+    )
     dynamodb: Any = overrides.get("dynamodb") or boto3.client("dynamodb", config=pool)
     gateway = overrides.get("gateway") or StripeGateway(
         secrets.api_key,
@@ -209,6 +234,9 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
         concurrency=settings.batch_concurrency,
         backoff_base_seconds=settings.retry_backoff_base_seconds,
         backoff_max_seconds=settings.retry_backoff_max_seconds,
+        time_margin_seconds=settings.usage_source_timeout_seconds
+        + settings.stripe_timeout_seconds
+        + 2,
     )
 
 
@@ -226,4 +254,4 @@ def handler(
         if _worker is None:
             _worker = build_worker()
         worker = _worker
-    return worker.handle_batch(event)
+    return worker.handle_batch(event, context)

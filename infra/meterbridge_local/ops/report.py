@@ -30,7 +30,7 @@ from meterbridge.errors import PermanentError, SettingsError, TransientError
 from meterbridge.handlers.worker import build_worker
 from meterbridge.reporting import EventOutcome, UsageReporter
 from meterbridge.settings import WorkerSettings, load_settings
-from meterbridge_local.ledger_reader import LedgerReader, is_rejected
+from meterbridge_local.ledger_reader import LedgerReader, is_closed_failure
 from meterbridge_local.ops.config import OperatorError
 
 INVOICE_GUARD = "INVOICE_GUARD"
@@ -114,7 +114,7 @@ class InvoiceReRun:
         run = ReportRun(invoice_id, confirmation=self._tools.guard_note)
         guarded = self._rearm_confirmation(invoice, now)
         try:
-            run.outcome = self._reporter.report_invoice(document, now)
+            run.outcome = self._reporter.report_invoice(document, now, careful=True)
         except (TransientError, PermanentError) as error:
             run.error = f"{type(error).__name__}: {error}"
         if run.outcome is not None and run.outcome.result == "skipped":
@@ -167,7 +167,9 @@ class InvoiceReRun:
             plan.subscription_item_id, plan.period.start, plan.period.end, None, None, ""
         )
         first = revisions.items[0] if revisions.items else None
-        if first is None or (first.get("status") not in DONE_STATUSES and not is_rejected(first)):
+        if first is None or (
+            first.get("status") not in DONE_STATUSES and not is_closed_failure(first)
+        ):
             correction.result = "not_reported"
             correction.note = (first or {}).get("last_error") or "no report in the ledger"
             return correction
@@ -190,9 +192,17 @@ class InvoiceReRun:
         if correction.delta == 0 and unfinished is None:
             correction.result, correction.identifier = "unchanged", None
             return correction
+        unknown = revisions.outcome_unknown
         if not force:
             correction.result = "differs"
             correction.note = "run again with --force to send the difference"
+            if unknown is not None:
+                correction.note = (
+                    f"{unknown['identifier']} may or may not be counted by Stripe (its send"
+                    " outcome is unknown and Stripe no longer remembers the identifier); it"
+                    " is counted as missing here. Check the customer's meter event summary"
+                    " in Stripe first: --force sends the difference under a new revision"
+                )
             return correction
         refusal = self._delta_refusal(plan.meter)
         if refusal:
