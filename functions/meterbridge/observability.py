@@ -10,9 +10,10 @@ METRICS_NAMESPACE = "Meterbridge"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
-# Every call meterbridge makes leaves through botocore (SQS, DynamoDB, Secrets Manager) or
-# requests (stripe SDK, HTTP usage source); patching only those two skips importing and
-# wrapping the rest of the X-Ray SDK's list (sqlite3, http.client, …) at every cold start.
+# Every call meterbridge makes leaves through botocore (SQS, DynamoDB, Secrets Manager),
+# requests (HTTP usage source) or the stripe transport, which records its own subsegment
+# (adapters/stripe_http.py); patching only the first two skips importing and wrapping the
+# rest of the X-Ray SDK's list (sqlite3, http.client, …) at every cold start.
 tracer = Tracer(service=SERVICE, patch_modules=("botocore", "requests"))
 
 _metrics_lock = threading.Lock()

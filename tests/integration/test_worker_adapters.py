@@ -1,6 +1,7 @@
 """Worker adapters over real HTTP: usage sources, the Stripe gateway's error classes."""
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -206,6 +207,43 @@ def test_gateway_backs_off_on_429_then_gives_up_as_transient(emulator: StripeEmu
         emulator.set_faults(error_rate_429=0.0)
     assert len(sleeps) == 3
     assert all(0 <= s <= 0.5 * 2**i for i, s in enumerate(sleeps))
+
+
+def test_stripe_unreachable_is_transient() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    gateway = StripeGateway(API_KEY, api_base=closed, max_network_retries=0)
+    with pytest.raises(TransientError, match="Could not reach Stripe"):
+        gateway.customer("cus_any")
+
+
+def test_a_timed_out_meter_event_is_retried_under_its_idempotency_key_and_counted_once(
+    emulator: StripeEmulator,
+) -> None:
+    """Each attempt times out after Stripe has received it; the SDK's retries carry the same
+    idempotency key, so Stripe answers them from the first attempt, never as a new event."""
+    billing = Billing(emulator)
+    meter = billing.meter()
+    customer = billing.customer()
+    gateway = StripeGateway(
+        API_KEY, api_base=emulator.url, timeout_seconds=0.2, max_network_retries=2
+    )
+    identifier = f"mb1-timeout-{uuid.uuid4().hex}"
+    emulator.set_faults(latency_seconds=0.4, fault_paths=("/v1/billing/meter_events",))
+    try:
+        with pytest.raises(TransientError, match="ReadTimeoutError"):
+            gateway.create_meter_event(
+                event_name=meter["event_name"],
+                payload={"stripe_customer_id": customer["id"], "value": "5"},
+                identifier=identifier,
+                timestamp=int(time.time()) - 60,
+            )
+        time.sleep(0.5)  # the last attempt is still asleep in the emulator
+    finally:
+        emulator.set_faults(latency_seconds=0.0, fault_paths=())
+    recorded = [e for e in emulator.meter_events() if e["identifier"] == identifier]
+    assert [e["status"] for e in recorded] == ["accepted"]
 
 
 def test_visibility_backoff_grows_and_is_capped() -> None:

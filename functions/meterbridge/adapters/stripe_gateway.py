@@ -9,7 +9,6 @@ Timeouts, retries and error classes are decided here so the worker never sees an
 """
 
 import hashlib
-import os
 import random
 import threading
 import time
@@ -19,11 +18,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import requests
-import requests.adapters
 import stripe
 
 from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
+from meterbridge.adapters.stripe_http import stripe_http_client
 from meterbridge.errors import AlreadyDelivered, PermanentError, TransientError
 
 T = TypeVar("T")
@@ -71,7 +69,7 @@ class StripeGateway:
             api_key,
             base_addresses=base_addresses,
             max_network_retries=max_network_retries,
-            http_client=_http_client(timeout_seconds, pool_size),
+            http_client=stripe_http_client(timeout_seconds, pool_size),
         )
         self._rate_limit_retries = rate_limit_retries
         self._rate_limit_backoff = rate_limit_backoff_seconds
@@ -353,24 +351,6 @@ class MeterEventStream:
         for item in chunk:
             item.error = error
             item.done.set()
-
-
-def _http_client(timeout_seconds: float, pool_size: int) -> stripe.RequestsClient:
-    """One requests session for every thread, keeping up to `pool_size` connections per host.
-
-    stripe.RequestsClient otherwise gives each thread its own session, so a fresh thread
-    pool per SQS batch would open (and TLS-handshake) new connections on every invocation,
-    and requests' default pool of 10 would drop connections when more threads share one.
-    `trust_env` is off because it re-reads proxy settings from the environment on every
-    request (measurable CPU per call); an HTTPS_PROXY is passed on explicitly instead.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 1))
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    return stripe.RequestsClient(timeout=timeout_seconds, session=session, proxy=proxy)
 
 
 class StripeDuplicate(AlreadyDelivered):
