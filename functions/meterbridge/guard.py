@@ -95,12 +95,22 @@ class InvoiceGuard:
 
     # --- invoice.created ------------------------------------------------------------------
 
-    def hold(self, invoice: Invoice, now: int, report_count: int | None = None) -> str | None:
-        """With INVOICE_GUARD=hold, stop Stripe from finalizing the draft before reporting."""
+    def hold(
+        self,
+        invoice: Invoice,
+        now: int,
+        report_count: int | None = None,
+        *,
+        record: dict[str, Any] | None = None,
+    ) -> str | None:
+        """With INVOICE_GUARD=hold, stop Stripe from finalizing the draft before reporting.
+
+        `record`: the invoice's ledger item as the caller just read it (None: no item).
+        """
         if self.policy.mode != "hold":
             return None
         context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
-        recorded = (self._ledger.invoice(invoice.id) or {}).get("hold_status")
+        recorded = (record or {}).get("hold_status")
         if recorded is not None and recorded not in HELD:
             return str(recorded)  # released (or never ours) before: a redelivery changes nothing
         if recorded is None and invoice.auto_advance is False:
@@ -160,22 +170,26 @@ class InvoiceGuard:
 
     def start_confirmation(self, invoice: Invoice, now: int) -> bool:
         """Queue the first check once per invoice (a redelivered event finds it queued)."""
+        fields = self.queue_confirmation(invoice, now, self._ledger.invoice(invoice.id))
+        if fields:
+            self._ledger.update_invoice(invoice.id, invoice.customer_id, fields, now)
+        return bool(fields)
+
+    def queue_confirmation(
+        self, invoice: Invoice, now: int, record: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Queue the first check unless `record` (the invoice's ledger item) says it is
+        queued; the attributes to write on that item are the caller's, so the worker writes
+        them with the invoice's outcome, in the same round trip."""
         if not self.confirms or self._queue is None:
-            return False
-        record = self._ledger.invoice(invoice.id) or {}
-        if record.get("confirmation_scheduled_at") is not None:
-            return False
+            return {}
+        if (record or {}).get("confirmation_scheduled_at") is not None:
+            return {}
         request = ConfirmRequest(
             invoice_id=invoice.id, customer_id=invoice.customer_id, livemode=invoice.livemode
         )
         self._queue.schedule(request, self.policy.confirm_delay_seconds)
-        self._ledger.update_invoice(
-            invoice.id,
-            invoice.customer_id,
-            {"confirmation_scheduled_at": now, "guard_mode": self.policy.mode},
-            now,
-        )
-        return True
+        return {"confirmation_scheduled_at": now, "guard_mode": self.policy.mode}
 
     # --- confirm messages -----------------------------------------------------------------
 

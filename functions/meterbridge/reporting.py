@@ -38,6 +38,13 @@ from meterbridge.observability import count, logger
 
 __all__ = ["EventOutcome", "ReportingPolicy", "UsageReporter", "count"]
 
+
+class Unread:
+    """Marks an argument the caller did not read (as opposed to read and found absent)."""
+
+
+UNREAD = Unread()
+
 INVOICE_CREATED = "invoice.created"
 INVOICE_FINALIZED = "invoice.finalized"
 # Thin events: Stripe's asynchronous verdicts on meter events already accepted with a 200.
@@ -157,6 +164,7 @@ class UsageReporter:
             created_event=envelope.id,
             careful=retry or recorded is not None,
             deadline=deadline,
+            record=recorded,
         )
         outcome.event_id, outcome.event_type = envelope.id, envelope.type
         return outcome
@@ -169,11 +177,13 @@ class UsageReporter:
         created_event: str | None = None,
         careful: bool = False,
         deadline: float | None = None,
+        record: dict[str, Any] | Unread | None = UNREAD,
     ) -> EventOutcome:
         """Report one invoice's usage; `created_event` is remembered once it is done.
 
         `careful`: claim each report before reading its usage (a retry: some reports may be
         sent already). Otherwise usage is read first and claimed with the claim.
+        `record`: the invoice's ledger item, if the caller has just read it (None: none).
         """
         invoice_id = str(document.get("id"))
         try:
@@ -205,9 +215,13 @@ class UsageReporter:
         statuses: dict[str, str] = {}
         transient: list[str] = []
         permanent: list[str] = []
+        guard = self.guard if self.guard is not None and self.guard.policy.mode != "off" else None
+        if guard is not None and isinstance(record, Unread):
+            record = self._ledger.invoice(invoice.id)
         try:
-            if self.guard is not None:
-                self.guard.hold(invoice, now, report_count=len(plans))
+            if guard is not None:
+                assert not isinstance(record, Unread)
+                guard.hold(invoice, now, report_count=len(plans), record=record)
             clock_offset = self._clock_offset(invoice, now)
             for plan in plans:
                 if deadline is not None and time.monotonic() > deadline:
@@ -225,21 +239,29 @@ class UsageReporter:
                 except PermanentError as error:
                     statuses[plan.identifier] = "failed"
                     permanent.append(f"{plan.identifier}: {error}")
-            failed = transient + permanent
-            self._record_invoice(
-                invoice,
-                "failed" if failed else "reported",
-                "; ".join(failed)[:1000] or None,
-                now,
-                len(plans),
-                # A failed event is not done: its redelivery (or DLQ replay) must run.
-                created_event=None if failed else created_event,
-            )
-        finally:
-            if self.guard is not None:
-                # Whatever happened above (failed reports, a timeout's predecessor, a ledger
-                # error): a held draft must reach its release check, or it stays held.
-                self.guard.start_confirmation(invoice, now)
+        except BaseException:
+            if guard is not None:
+                # Whatever happened (a ledger error, a Stripe outage while holding): a held
+                # draft must reach its release check, or it stays held.
+                guard.start_confirmation(invoice, now)
+            raise
+        failed = transient + permanent
+        # Failed reports too: a held draft is released by its checks, never left held.
+        confirmation = (
+            guard.queue_confirmation(invoice, now, None if isinstance(record, Unread) else record)
+            if guard is not None
+            else {}
+        )
+        self._record_invoice(
+            invoice,
+            "failed" if failed else "reported",
+            "; ".join(failed)[:1000] or None,
+            now,
+            len(plans),
+            # A failed event is not done: its redelivery (or DLQ replay) must run.
+            created_event=None if failed else created_event,
+            fields=confirmation,
+        )
         # Sent reports are skipped on retry, so retrying the whole event is safe.
         if transient:
             raise TransientError("; ".join(transient))
@@ -256,6 +278,7 @@ class UsageReporter:
         report_count: int,
         *,
         created_event: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self._ledger.record_invoice(
             invoice.id,
@@ -265,6 +288,7 @@ class UsageReporter:
             now=now,
             report_count=report_count,
             created_event=created_event,
+            fields=fields,
         )
 
     def _clock_offset(self, invoice: Invoice, now: int) -> int:

@@ -591,3 +591,36 @@ def test_a_permanent_refusal_clears_the_send_marker_a_transient_one_keeps_it(
         again = ledger.claim(plan, now=10_000 + 3 * DAY, lease_seconds=60)
         assert again is not None
         assert (again.send_started_at == 10_000) is kept
+
+
+@pytest.mark.parametrize(
+    ("guard", "expected"),
+    [
+        ("off", ["GetItem", "PutItem", "UpdateItem", "UpdateItem"]),
+        # The confirmation is queued, and recorded with the invoice's outcome, in one write.
+        ("confirm", ["GetItem", "PutItem", "UpdateItem", "UpdateItem"]),
+    ],
+)
+def test_one_report_costs_four_ledger_round_trips(
+    case: WorkerCase, guard: str, expected: list[str]
+) -> None:
+    """The ledger's round trips are most of the worker's CPU per report (bench:worker):
+    invoice read (duplicate event? earlier attempt?), claim with value, sent, outcome."""
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    calls: list[str] = []
+    dynamodb = boto3.client("dynamodb")
+    dynamodb.meta.events.register(
+        "before-call.dynamodb.*", lambda model, **_: calls.append(model.name)
+    )
+    worker = make_worker(
+        emulator, ledger_table, queue_url, dynamodb=dynamodb, env={"INVOICE_GUARD": guard}
+    )
+    assert run(worker, queue_url)["failed"] == set()
+
+    assert calls == expected
+    recorded = ledger.invoice(invoice["id"])
+    assert recorded is not None
+    assert recorded["status"] == "reported"
+    assert ("confirmation_scheduled_at" in recorded) is (guard == "confirm")

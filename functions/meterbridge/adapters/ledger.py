@@ -404,16 +404,18 @@ class Ledger:
         now: int,
         report_count: int = 0,
         created_event: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         """Set the invoice's reporting outcome; guard attributes on the item stay.
 
         `created_event` is the invoice.created event whose processing this outcome ends:
         remembered on the item, a redelivery of it is recognised by `created_event_seen`.
+        `fields`: more attributes to set in the same write (the guard's).
         """
         update = self._invoice_update(
             invoice_id,
             customer_id,
-            {"status": status, "reason": reason, "report_count": report_count},
+            {**(fields or {}), "status": status, "reason": reason, "report_count": report_count},
             now,
         )
         if created_event is not None:
@@ -742,8 +744,11 @@ class _ConditionFailed(Exception):
     """Internal: a conditional write's condition did not hold."""
 
 
-def create_ledger_table(client: "DynamoDBClient", table_name: str) -> None:
-    """The table as template.yaml declares it; for the local stack and tests."""
+def create_ledger_table(
+    client: "DynamoDBClient", table_name: str, *, time_to_live: bool = True
+) -> None:
+    """The table as template.yaml declares it; for the local stack, tests and benchmarks
+    (`time_to_live=False` for a stand-in without the TTL API; nothing here reads it)."""
     attribute = [PARTITION_KEY, SORT_KEY, INVOICE_ID, CUSTOMER_ID, CREATED_AT]
     client.create_table(
         TableName=table_name,
@@ -772,7 +777,8 @@ def create_ledger_table(client: "DynamoDBClient", table_name: str) -> None:
             },
         ],
     )
-    client.update_time_to_live(
-        TableName=table_name,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-    )
+    if time_to_live:
+        client.update_time_to_live(
+            TableName=table_name,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+        )
