@@ -32,8 +32,17 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest
 
+# The worker benchmark also measures its ledger on dynalite (DynamoDB API on Node.js),
+# installed with npm into .bench/node; without npm it measures on moto only.
+DYNALITE := .bench/node/node_modules/.bin/dynalite
+
+$(DYNALITE):
+	npm install --prefix .bench/node --no-audit --no-fund --silent dynalite@4.0.0
+
 bench: $(STAMP)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(DYNALITE); \
+	else echo "npm not found: bench:worker measures its ledger on moto only"; fi
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

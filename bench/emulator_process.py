@@ -40,6 +40,7 @@ class EmulatorProcess:
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.pid = self._process.pid  # for its CPU time (bench.stand_ins.cpu_seconds)
         assert self._process.stdout is not None
         self.url = self._process.stdout.readline().strip()
         if not self.url.startswith("http"):

@@ -20,13 +20,13 @@ import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
 
 from bench.report import machine_info, write_section
-from bench.worker_throughput import API_KEY, _moto_process, _records, _usage, _world
+from bench.stand_ins import MotoProcess, cpu_seconds
+from bench.worker_throughput import API_KEY, _records, _usage, _world
 from meterbridge.adapters.ledger import create_ledger_table
 from meterbridge.adapters.usage_sources import CallableUsageSource
 from meterbridge.handlers.worker import Worker, build_worker, handler
@@ -53,14 +53,8 @@ TARGET_INVOICES = 100_000
 # For the AWS estimate (not measured here): Stripe round trips per report and their
 # typical latency, and the ledger's round trips per report at a few ms each.
 STRIPE_CALLS, STRIPE_SECONDS = 2, 0.15
-LEDGER_CALLS, LEDGER_SECONDS = 5, 0.008
+LEDGER_CALLS, LEDGER_SECONDS = 4, 0.008
 STRIPE_V1_METER_EVENT_LIMIT = 1000  # live mode, per second (docs/STRIPE notes)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of another process, from /proc (Linux): who spends the 2 cores."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _enqueue(sqs: Any, queue_url: str, bodies: list[str]) -> None:
@@ -137,7 +131,7 @@ def run() -> None:
 
     logger.setLevel("ERROR")  # a JSON line per report (and per moto retry) would be measured
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    moto = _moto_process()
+    moto = MotoProcess()
     os.environ.update({**LOCAL_AWS_ENVIRONMENT, "AWS_ENDPOINT_URL": moto.endpoint_url})
     dynamodb, sqs = boto3.client("dynamodb"), boto3.client("sqs")
     create_ledger_table(dynamodb, LEDGER)
@@ -148,7 +142,7 @@ def run() -> None:
         "Attributes"
     ]["QueueArn"]
     world = _world(latency_seconds=LATENCY)
-    emulator_pid = world.emulator._process.pid
+    emulator_pid = world.emulator.pid
     try:
         records = _records(world.customers, world.price, INVOICES)["Records"]
         invoice_ids = {json.loads(r["body"])["data"]["object"]["id"] for r in records}
@@ -186,7 +180,7 @@ def run() -> None:
             endpoint_url=moto.endpoint_url,
             visibility_timeout=60,
         )
-        cpu = time.process_time(), _cpu_seconds(moto._process.pid), _cpu_seconds(emulator_pid)
+        cpu = time.process_time(), moto.cpu_seconds(), cpu_seconds(emulator_pid)
         wall_started = time.time()
         started = time.perf_counter()
         deadline = time.monotonic() + TIMEOUT
@@ -204,8 +198,8 @@ def run() -> None:
         poller.stop()
         seconds = time.perf_counter() - started
         own_cpu = time.process_time() - cpu[0]
-        moto_cpu = _cpu_seconds(moto._process.pid) - cpu[1]
-        emulator_cpu = _cpu_seconds(emulator_pid) - cpu[2]
+        moto_cpu = moto.cpu_seconds() - cpu[1]
+        emulator_cpu = cpu_seconds(emulator_pid) - cpu[2]
         stats = poller.stats
         events = world.emulator.meter_events()
         reports = _ledger_reports(dynamodb)
