@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import Ledger
+from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, Ledger
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers import worker as worker_module
@@ -238,6 +238,104 @@ def test_report_refuses_finalized_invoices_and_unknown_ones(
     code, output = cli(capsys, "report", "--invoice", "in_nope")
     assert code == 2
     assert "Stripe has no invoice in_nope" in output
+
+
+# --------------------------------------------------------------------------- outcome unknown
+
+
+def unknown_outcome(
+    case: Case, invoice: dict[str, Any], first_ledger: Ledger | None = None
+) -> None:
+    """The first attempt began two days ago and its outcome is open; the retry now finds
+    Stripe's identifier memory (≥ 24 h) possibly gone and fails it as outcome_unknown."""
+    support.enqueue(case.queue, support.invoice_created(invoice))
+    two_days_ago = support.Clock()
+    two_days_ago.offset = -2 * support.DAY
+    first = support.make_worker(
+        case.emulator,
+        case.table,
+        case.queue,
+        env=NO_GUARD,
+        clock=two_days_ago,
+        **({"ledger": first_ledger} if first_ledger else {}),
+    )
+    assert run_records(first, case.queue, receive(case.queue))  # retried later
+    retry = support.make_worker(case.emulator, case.table, case.queue, env=NO_GUARD)
+    assert run_records(retry, case.queue, receive(case.queue))  # PermanentError: not resent
+    report = case.ledger.report(identifier(invoice))
+    assert report is not None
+    assert (report["status"], report["failure_class"]) == ("failed", OUTCOME_UNKNOWN)
+
+
+def test_an_unknown_outcome_is_explained_and_force_sends_it_under_the_next_revision(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stripe answered 500 to the first send (so nothing was counted, but the worker cannot
+    know that): the runbook's "missing" case."""
+    invoice = case.invoice()
+    case.emulator.set_faults(error_rate_5xx=1.0, fault_paths=("/v1/billing/meter_events",))
+    try:
+        unknown_outcome(case, invoice)
+    finally:
+        case.emulator.set_faults(error_rate_5xx=0.0, fault_paths=())
+    first, correction = identifier(invoice), identifier(invoice, revision=1)
+    before = case.ledger.report(first)
+    assert before is not None
+    assert case.events() == []
+
+    code, output = cli(capsys, "status", "invoice", invoice["id"])
+    assert code == 1, output
+    assert "failed (outcome_unknown)" in output
+    assert f"needs attention: {first} failed" in output
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"])
+    assert code == 1, output
+    assert f"differs Δ 100 as {correction}" in output  # r0 is closed: the next revision
+    assert f"{first} may or may not be counted by Stripe" in output
+    assert "meter event summary in Stripe first" in output  # the note, not r0's last_error
+    assert case.events() == []
+    assert case.ledger.report(correction) is None
+
+    # Its exit status is not asserted: the re-run step before the correction re-checks r0,
+    # fails it again as outcome_unknown and reports that (exit 1) although r1 was sent.
+    _, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
+    assert f"sent Δ 100 as {correction}" in output
+    assert {e["identifier"]: e["payload"]["value"] for e in case.events()} == {correction: "100"}
+    assert counted_by_stripe(case, invoice) == Decimal(100)
+    sent = case.ledger.report(correction)
+    assert sent is not None
+    assert (sent["status"], sent["value"]) == ("sent", "100")
+    after = case.ledger.report(first)
+    assert after is not None
+    for name in ("status", "failure_class", "value", "timestamp", "send_started_at"):
+        assert after.get(name) == before.get(name), name
+
+    code, output = cli(capsys, "status", "invoice", invoice["id"])
+    assert "failed (outcome_unknown), superseded by r1" in output
+    assert f"{first} failed" not in output
+
+
+def test_an_unknown_outcome_stripe_did_count_is_still_shown_as_differing(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first send reached Stripe and the worker died before recording it: the runbook's
+    "counted" case. The summary shows the usage; the ledger cannot know and keeps asking."""
+
+    class CrashingLedger(Ledger):
+        def mark_sent(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("Lambda timed out right after sending")
+
+    invoice = case.invoice()
+    unknown_outcome(case, invoice, CrashingLedger(case.table, boto3.client("dynamodb")))
+    assert counted_by_stripe(case, invoice) == Decimal(100)  # the operator's check
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"])
+    assert code == 1, output
+    assert f"differs Δ 100 as {identifier(invoice, revision=1)}" in output
+    assert [e["identifier"] for e in case.events()] == [identifier(invoice)]
+    code, output = cli(capsys, "status", "invoice", invoice["id"])
+    assert code == 1, output
+    assert "failed (outcome_unknown)" in output
 
 
 # --------------------------------------------------------------------------- done when
