@@ -323,13 +323,20 @@ class UsageReporter:
         return Meter.from_stripe(self._gateway.meter(price.meter_id))
 
     def _tenant(self, invoice: Invoice) -> str | None:
-        """The customer is fetched once per invoice: it must exist, and may name a tenant."""
-        customer = self._gateway.customer(invoice.customer_id)
-        if customer.get("deleted"):
-            raise PermanentError(f"customer {invoice.customer_id} is deleted")
+        """With TENANT_METADATA_KEY, the customer is fetched once per invoice for its tenant.
+
+        Without it nothing is fetched: Stripe made the invoice for this customer, and a
+        customer gone since then makes Stripe reject the meter event asynchronously, which
+        the guard records as a failed report (meter error events). A read per invoice would
+        cost a Stripe round trip and a share of Stripe's basic rate limit (100 requests/s in
+        live mode), which meter events do not count against.
+        """
         key = self._policy.tenant_metadata_key
         if key is None:
             return None
+        customer = self._gateway.customer(invoice.customer_id)
+        if customer.get("deleted"):
+            raise PermanentError(f"customer {invoice.customer_id} is deleted")
         tenant = (customer.get("metadata") or {}).get(key)
         if not tenant:
             # Reporting without the tenant would silently bill nothing: stop instead.
@@ -421,9 +428,10 @@ class UsageReporter:
         self, customer_id: str, meter_event_name: str, start: int, end: int
     ) -> Decimal:
         """The usage source's value now, for reconciliation: usage may arrive after reporting."""
-        customer = self._gateway.customer(customer_id)
         key = self._policy.tenant_metadata_key
-        tenant = (customer.get("metadata") or {}).get(key) if key else None
+        tenant = None
+        if key:
+            tenant = (self._gateway.customer(customer_id).get("metadata") or {}).get(key)
         query = UsageQuery(
             customer=customer_id,
             tenant=str(tenant) if tenant else None,

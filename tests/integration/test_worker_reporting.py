@@ -336,7 +336,10 @@ def test_permanent_errors_are_recorded_with_their_reason(case: WorkerCase, kind:
     if kind == "bad_value":
         USAGE[(customer_id, setup["meter"]["event_name"])] = "12345678901234567"  # 17 digits
     elif kind == "unknown_customer":
+        # The customer is read (for its tenant) only with TENANT_METADATA_KEY; without it
+        # Stripe's asynchronous meter error marks the report failed (test_invoice_guard).
         customer_id = "cus_doesnotexist"
+        env = {"TENANT_METADATA_KEY": "tenant_id"}
     elif kind == "test_clock_future":
         # A test clock started now and advanced a month: the period lies in the real future.
         overrides = {"period": (now + 2 * DAY, now + 32 * DAY), "test_clock": "clock_future"}
@@ -374,7 +377,10 @@ def test_a_batch_where_every_record_fails_returns_failures_instead_of_raising(
         enqueue(queue_url, invoice_created(billing.renewal("cus_missing", [setup["price"]])))
     boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody="not json")
 
-    outcome = run(make_worker(emulator, ledger_table, queue_url), queue_url, count=4)
+    worker = make_worker(
+        emulator, ledger_table, queue_url, env={"TENANT_METADATA_KEY": "tenant_id"}
+    )
+    outcome = run(worker, queue_url, count=4)
 
     assert outcome["failed"] == {r["messageId"] for r in outcome["event"]["Records"]}
 
@@ -624,3 +630,20 @@ def test_one_report_costs_four_ledger_round_trips(
     assert recorded is not None
     assert recorded["status"] == "reported"
     assert ("confirmation_scheduled_at" in recorded) is (guard == "confirm")
+
+
+def test_without_a_tenant_key_the_customer_is_not_read(case: WorkerCase) -> None:
+    """One Stripe call per report (the meter event): customer reads count against Stripe's
+    basic rate limit, and nothing needs them without TENANT_METADATA_KEY."""
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+    worker = make_worker(emulator, ledger_table, queue_url)
+    worker.reporter.gateway.price(setup["price"]["id"])  # warm, as in a warm container
+    worker.reporter.gateway.meter(setup["meter"]["id"])
+    emulator.set_faults(error_rate_5xx=1.0, fault_paths=("/v1/customers",))
+    try:
+        assert run(worker, queue_url)["failed"] == set()
+    finally:
+        emulator.set_faults(error_rate_5xx=0.0, fault_paths=())
+    assert ledger.report(identifier_of(invoice))["status"] == "sent"  # type: ignore[index]
