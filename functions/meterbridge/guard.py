@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterbridge.adapters.confirm_queue import ConfirmQueue
-from meterbridge.adapters.ledger import REJECTED, Ledger, ReportStatus
+from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, REJECTED, Ledger, ReportStatus
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.domain.guard import (
     GuardMode,
@@ -458,7 +458,7 @@ class InvoiceGuard:
             and "timestamp" in r
             and line.period.start <= int(r["timestamp"]) < line.period.end
         ]
-        replaced = superseded_rejections(peers)
+        replaced = superseded_failures(peers)
         peers = [r for r in peers if r.get("identifier") not in replaced]
         # What should be billed is what the usage source said, sent or not: a report that
         # failed to reach Stripe is exactly the loss reconciliation exists to show.
@@ -558,11 +558,16 @@ class InvoiceGuard:
 _REVISION_SUFFIX = re.compile(r"-r(\d+)$")
 
 
-def superseded_rejections(reports: list[dict[str, Any]]) -> set[str]:
-    """Identifiers of reports Stripe rejected that a later, delivered revision of the same
-    report (subscription item and period) replaced: Stripe never counted the rejected one,
-    and the correction (`meterbridge report --force`) already carries its usage, so counting
-    both would expect the usage twice."""
+# Failures the worker never sends again; only a later revision can carry their usage.
+CLOSED_FAILURES = frozenset({REJECTED, OUTCOME_UNKNOWN})
+
+
+def superseded_failures(reports: list[dict[str, Any]]) -> set[str]:
+    """Identifiers of closed failures (Stripe rejected it; or its outcome is unknown) that a
+    later, delivered revision of the same report (subscription item and period) replaced:
+    the correction (`meterbridge report --force`) carries their usage, so counting both
+    would expect the usage twice. (If Stripe did count an unknown one, it then bills more
+    than expected: the mismatch that should alarm.)"""
     groups: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
     for report in reports:
         key = (
@@ -577,11 +582,11 @@ def superseded_rejections(reports: list[dict[str, Any]]) -> set[str]:
             m
             for m in members
             if m.get("status") in (ReportStatus.SENT.value, ReportStatus.LATE.value)
-            and m.get("failure_class") != REJECTED
+            and m.get("failure_class") not in CLOSED_FAILURES
         ]
-        for rejected in (m for m in members if m.get("failure_class") == REJECTED):
-            if any(_revision_order(d) > _revision_order(rejected) for d in delivered):
-                replaced.add(str(rejected.get("identifier")))
+        for closed in (m for m in members if m.get("failure_class") in CLOSED_FAILURES):
+            if any(_revision_order(d) > _revision_order(closed) for d in delivered):
+                replaced.add(str(closed.get("identifier")))
     return replaced
 
 

@@ -563,13 +563,18 @@ def test_an_unknown_outcome_is_not_sent_again_once_stripe_may_have_forgotten_it(
     # so the same identifier could be counted a second time.
     clock.offset = 2 * DAY
     worker = make_worker(emulator, ledger_table, queue_url, clock=clock)
-    for _ in range(2):
-        assert len(run(worker, queue_url)["failed"]) == 1
-        report = ledger.report(identifier)
-        assert report is not None
-        assert (report["status"], report["failure_class"]) == ("failed", OUTCOME_UNKNOWN)
-        assert "outcome is unknown" in report["last_error"]
-        assert "meterbridge report" in report["last_error"]
+    assert len(run(worker, queue_url)["failed"]) == 1  # on its way to the DLQ, and alarmed
+    report = ledger.report(identifier)
+    assert report is not None
+    assert (report["status"], report["failure_class"]) == ("failed", OUTCOME_UNKNOWN)
+    assert "outcome is unknown" in report["last_error"]
+    assert "meterbridge report" in report["last_error"]
+    attempts = report["attempts"]
+
+    # Closed like a Stripe rejection: a later replay leaves it to the operator untouched.
+    assert run(worker, queue_url)["failed"] == set()
+    assert ledger.report(identifier)["attempts"] == attempts  # type: ignore[index]
+    assert ledger.report(identifier)["failure_class"] == OUTCOME_UNKNOWN  # type: ignore[index]
     assert len(billing.meter_events(identifier)) == 1  # the first attempt's, never repeated
 
 

@@ -1,8 +1,8 @@
-"""Which reports reconciliation counts when a rejected report was corrected by a revision."""
+"""Which reports reconciliation counts when a failed report was corrected by a revision."""
 
 from typing import Any
 
-from meterbridge.guard import superseded_rejections
+from meterbridge.guard import superseded_failures
 
 PERIOD = {"subscription_item_id": "si_1", "period_start": 100, "period_end": 200}
 
@@ -21,25 +21,25 @@ def report(revision: int, status: str, created_at: str, **fields: Any) -> dict[s
 def test_rejected_report_replaced_by_a_delivered_revision_is_not_counted():
     rejected = report(0, "failed", "2026-11-01T00:00:00Z", failure_class="rejected")
     correction = report(1, "sent", "2026-11-02T00:00:00Z")
-    assert superseded_rejections([rejected, correction]) == {rejected["identifier"]}
+    assert superseded_failures([rejected, correction]) == {rejected["identifier"]}
 
 
 def test_rejected_report_without_correction_stays_counted_as_the_loss():
     rejected = report(0, "failed", "2026-11-01T00:00:00Z", failure_class="rejected")
-    assert superseded_rejections([rejected]) == set()
+    assert superseded_failures([rejected]) == set()
 
 
 def test_a_correction_that_failed_too_does_not_replace_anything():
     rejected = report(0, "failed", "2026-11-01T00:00:00Z", failure_class="rejected")
     pending = report(1, "failed", "2026-11-02T00:00:00Z", failure_class="transient")
-    assert superseded_rejections([rejected, pending]) == set()
+    assert superseded_failures([rejected, pending]) == set()
 
 
 def test_other_periods_and_items_do_not_replace_each_other():
     rejected = report(0, "failed", "2026-11-01T00:00:00Z", failure_class="rejected")
     other_item = {**report(1, "sent", "2026-11-02T00:00:00Z"), "subscription_item_id": "si_2"}
     other_period = {**report(1, "sent", "2026-11-02T00:00:00Z"), "period_end": 300}
-    assert superseded_rejections([rejected, other_item, other_period]) == set()
+    assert superseded_failures([rejected, other_item, other_period]) == set()
 
 
 def test_hashed_identifiers_fall_back_to_claim_order():
@@ -56,4 +56,13 @@ def test_hashed_identifiers_fall_back_to_claim_order():
         "status": "sent",
         "created_at": "2026-11-03T00:00:00Z",
     }
-    assert superseded_rejections([rejected, later]) == {"mb1-h-aaa"}
+    assert superseded_failures([rejected, later]) == {"mb1-h-aaa"}
+
+
+def test_an_unknown_outcome_replaced_by_a_delivered_revision_is_not_counted():
+    """After `report --force` the correction carries the usage: expecting revision 0 too
+    would alarm on a correctly billed invoice."""
+    unknown = report(0, "failed", "2026-11-01T00:00:00Z", failure_class="outcome_unknown")
+    correction = report(1, "sent", "2026-11-03T00:00:00Z")
+    assert superseded_failures([unknown, correction]) == {unknown["identifier"]}
+    assert superseded_failures([unknown]) == set()

@@ -171,7 +171,8 @@ class Ledger:
         return _decode(item) if item else None
 
     def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | None:
-        """Take the right to send `report`; None when it is already sent or skipped.
+        """Take the right to send `report`; None when it is sent, skipped, or closed (failed
+        in a way only a new revision can fix: rejected by Stripe, or outcome unknown).
 
         Raises ReportInFlight while another worker's lease is live. A lease outlives a
         crashed worker only until `lease_seconds`; its retry then takes over.
@@ -197,6 +198,7 @@ class Ledger:
             ":created": iso(now),
             ":livemode": report.livemode,
             ":rejected": REJECTED,
+            ":unknown": OUTCOME_UNKNOWN,
         }
         try:
             answer = self._dynamo(
@@ -217,9 +219,11 @@ class Ledger:
                         "attribute_not_exists(pk) OR (#status <> :sent AND #status <> :late"
                         " AND #status <> :skipped"
                         " AND (#status <> :pending OR lease_expires_at < :now)"
-                        # Stripe rejected this identifier asynchronously: sending it again
-                        # would only be refused as a duplicate. A fix needs a new revision.
-                        " AND (attribute_not_exists(failure_class) OR failure_class <> :rejected))"
+                        # Stripe rejected this identifier asynchronously (sending it again
+                        # would only be refused as a duplicate), or it may count it a second
+                        # time (outcome unknown): a fix needs a new revision.
+                        " AND (attribute_not_exists(failure_class)"
+                        " OR (failure_class <> :rejected AND failure_class <> :unknown)))"
                     ),
                     ExpressionAttributeNames={"#status": "status"},
                     ExpressionAttributeValues=_encode(values),
@@ -229,7 +233,8 @@ class Ledger:
             )
         except _ConditionFailed:
             current = self.report(report.identifier) or {}
-            if current.get("status") in DONE_STATUSES or current.get("failure_class") == REJECTED:
+            closed = current.get("failure_class") in {REJECTED, OUTCOME_UNKNOWN}
+            if current.get("status") in DONE_STATUSES or closed:
                 return None
             raise ReportInFlight(
                 f"report {report.identifier} is being sent by another worker (lease until"

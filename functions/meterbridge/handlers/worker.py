@@ -64,7 +64,8 @@ class Worker:
     backoff_base_seconds: int = 30
     backoff_max_seconds: int = 900
     # No report starts later than this before the invocation's timeout: one usage query
-    # and one Stripe call must still fit, or Lambda would kill the invocation mid-report.
+    # and one Stripe call (with retries) must still fit, or Lambda would kill the
+    # invocation mid-report.
     time_margin_seconds: float = 17.0
 
     def __post_init__(self) -> None:
@@ -234,8 +235,9 @@ def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Wor
         concurrency=settings.batch_concurrency,
         backoff_base_seconds=settings.retry_backoff_base_seconds,
         backoff_max_seconds=settings.retry_backoff_max_seconds,
+        # One usage query and one Stripe call with the SDK's retries, and the ledger writes.
         time_margin_seconds=settings.usage_source_timeout_seconds
-        + settings.stripe_timeout_seconds
+        + settings.stripe_timeout_seconds * (1 + settings.stripe_max_network_retries)
         + 2,
     )
 
