@@ -312,17 +312,35 @@ def test_limiter_spaces_requests_evenly() -> None:
     assert 0.9 <= fake.now <= 1.0  # 11 requests at 10/s (growing 10 %/s): about 1 s
 
 
-def test_limiter_halves_once_per_overload_towards_what_was_accepted() -> None:
+def test_limiter_cuts_once_per_overload_below_what_was_accepted() -> None:
     fake = _FakeTime()
     limiter = _limiter(60, fake)
     for _ in range(20):
         limiter.acquire()
         limiter.on_success()
+    fake.now = 0.99  # the overload shows a second after the first request
     for _ in range(10):  # the in-flight requests of one overload all answer 429
         limiter.on_rate_limited()
-    assert limiter.ceiling == 20  # accepted in the last second, not the 60/s asked for
-    assert limiter.rate == 10
+    # Accepted in the last second (20 in 0.99 s), not the 60/s asked for.
+    ceiling = limiter.ceiling
+    assert ceiling == pytest.approx(20, rel=0.02)
+    assert ceiling is not None
+    assert limiter.rate == pytest.approx(0.7 * ceiling)  # cut once, to 0.7 of it
     assert limiter.rate_limited == 10
+
+
+def test_limiter_younger_than_a_second_estimates_the_limit_per_second() -> None:
+    """Overloaded half a second after its first request: 10 accepted is 20/s, not 10/s
+    (counting them as a second's worth would cut to a pace far below the limit)."""
+    fake = _FakeTime()
+    limiter = _limiter(60, fake)
+    for _ in range(10):
+        limiter.acquire()
+        limiter.on_success()
+    fake.now = 0.5
+    limiter.on_rate_limited()
+    assert limiter.ceiling is not None
+    assert 19 <= limiter.ceiling <= 21
 
 
 def test_limiter_recovers_fast_to_the_ceiling_then_probes_slowly() -> None:
@@ -332,7 +350,10 @@ def test_limiter_recovers_fast_to_the_ceiling_then_probes_slowly() -> None:
         limiter.acquire()
         limiter.on_success()
     limiter.on_rate_limited()
+    ceiling = limiter.ceiling
+    assert ceiling is not None
+    assert 19 <= ceiling <= 22  # 20 requests in a bit under a second
     fake.now += 2
-    assert 18.9 <= limiter.rate <= 19.5  # back near 95 % of the ceiling within ~1 s
+    assert 0.94 * ceiling <= limiter.rate <= 0.97 * ceiling  # back near 95 % within ~1 s
     fake.now += 10
-    assert limiter.rate <= 20 * 1.25  # then only +2 % of the ceiling per second
+    assert limiter.rate <= ceiling * 1.25  # then only +2 % of the ceiling per second
