@@ -315,9 +315,9 @@ rate is a property of the stand-ins, not of Lambda.
 The AWS estimate is derived, not measured. Per invocation the ceiling is the smaller of
 (a) its vCPU: 1000 / {cpu_ms:.1f} ms ≈ {cpu_ceiling:.0f} reports/s (this process's CPU per
 report across its {MAX_CONCURRENCY} concurrent invocations; it also carries the poller's SQS
-calls, which the Lambda service makes on AWS; bench:worker measures one invocation alone at
-14-16 ms, i.e. 60-70 reports/s), and (b) latency: a batch of
-{BATCH_SIZE} runs in parallel and each record needs {STRIPE_CALLS} Stripe calls of
+calls, which the Lambda service makes on AWS; bench:worker measures one invocation alone,
+with its own figures), and (b) latency: a batch of
+{BATCH_SIZE} runs in parallel and each record needs {STRIPE_CALLS} Stripe call(s) of
 ~{STRIPE_SECONDS * 1000:.0f} ms and {LEDGER_CALLS} ledger calls of
 ~{LEDGER_SECONDS * 1000:.0f} ms,
 ≈ {per_record_latency * 1000:.0f} ms (assumed AWS figures), so ≤ {latency_bound:.0f}

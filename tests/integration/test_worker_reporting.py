@@ -210,13 +210,16 @@ def test_duplicate_deliveries_and_two_events_for_one_invoice_send_one_meter_even
     assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
 
 
-def test_crash_after_stripe_accepted_is_acknowledged_on_retry(case: WorkerCase) -> None:
+class CrashingLedger(Ledger):
+    """The invocation dies right after Stripe answered, before the ledger says `sent`."""
+
+    def mark_sent(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Lambda timed out right after Stripe answered")
+
+
+def crash_after_sending(case: WorkerCase) -> tuple[dict[str, Any], str, Clock]:
+    """One invoice whose report reached Stripe while the ledger still says pending."""
     emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
-
-    class CrashingLedger(Ledger):
-        def mark_sent(self, *args: Any, **kwargs: Any) -> None:
-            raise RuntimeError("Lambda timed out right after Stripe answered")
-
     invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
     enqueue(queue_url, invoice_created(invoice))
     clock = Clock()
@@ -230,6 +233,12 @@ def test_crash_after_stripe_accepted_is_acknowledged_on_retry(case: WorkerCase) 
     assert len(run(crashing, queue_url)["failed"]) == 1
     identifier = identifier_of(invoice)
     assert ledger.report(identifier)["status"] == "pending"  # type: ignore[index]
+    return invoice, identifier, clock
+
+
+def test_crash_after_stripe_accepted_is_acknowledged_on_retry(case: WorkerCase) -> None:
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    _invoice, identifier, clock = crash_after_sending(case)
 
     USAGE[(setup["customer"]["id"], setup["meter"]["event_name"])] = "999"  # source moved on
     clock.offset = 121  # the crashed attempt's lease has run out
@@ -538,26 +547,8 @@ def test_reports_not_started_before_the_invocation_ends_are_left_for_the_retry(
 def test_an_unknown_outcome_is_not_sent_again_once_stripe_may_have_forgotten_it(
     case: WorkerCase,
 ) -> None:
-    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
-
-    class CrashingLedger(Ledger):
-        def mark_sent(self, *args: Any, **kwargs: Any) -> None:
-            raise RuntimeError("Lambda timed out right after sending")
-
-    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
-    event = invoice_created(invoice)
-    enqueue(queue_url, event)
-    clock = Clock()
-    crashing = make_worker(
-        emulator,
-        ledger_table,
-        queue_url,
-        ledger=CrashingLedger(ledger_table, boto3.client("dynamodb")),
-        clock=clock,
-    )
-    assert len(run(crashing, queue_url)["failed"]) == 1
-    identifier = identifier_of(invoice)
-    assert ledger.report(identifier)["status"] == "pending"  # type: ignore[index]
+    emulator, billing, ledger, ledger_table, queue_url, _setup = case.unpack()
+    _invoice, identifier, clock = crash_after_sending(case)
 
     # Replayed from the DLQ two days later: Stripe's identifier memory (≥ 24 h) may be gone,
     # so the same identifier could be counted a second time.
