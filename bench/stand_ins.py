@@ -4,7 +4,9 @@ DynamoDB does not run on the Lambda's CPU; a stand-in in the worker's process wo
 HTTP threads share the GIL), so each runs as a child process and its CPU is read from /proc.
 
 - moto (`python -m moto.server`): the stand-in every test uses. It answers one connection
-  per request (HTTP/1.0) and spends 3-8 ms of CPU per DynamoDB call on this machine.
+  per request (HTTP/1.0) and spends 3-8 ms of CPU per DynamoDB call on this machine;
+  `MotoProcess(keep_alive=True)` serves the same application with HTTP/1.1 keep-alive
+  (`bench.moto_keepalive`), as AWS's endpoints do.
 - dynalite (Node.js, an in-memory implementation of the DynamoDB API, installed by
   `make bench` with npm into `.bench/node`): keep-alive connections and about 0.5-1 ms of
   CPU per call, so on 2 shared cores the worker, not the stand-in, sets the pace. It has no
@@ -75,11 +77,14 @@ class _ChildServer:
 class MotoProcess(_ChildServer):
     name = "moto"
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_alive: bool = False) -> None:
         port = _free_port()
-        super().__init__(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port
+        command = (
+            [sys.executable, "-m", "bench.moto_keepalive", str(port)]
+            if keep_alive
+            else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
         )
+        super().__init__(command, port)
 
 
 class DynaliteProcess(_ChildServer):
