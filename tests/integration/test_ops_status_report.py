@@ -296,9 +296,9 @@ def test_an_unknown_outcome_is_explained_and_force_sends_it_under_the_next_revis
     assert case.events() == []
     assert case.ledger.report(correction) is None
 
-    # Its exit status is not asserted: the re-run step before the correction re-checks r0,
-    # fails it again as outcome_unknown and reports that (exit 1) although r1 was sent.
-    _, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
+    # r0 is closed: the re-run step leaves it alone (no new attempt, no failure).
+    code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
+    assert code == 0, output
     assert f"sent Δ 100 as {correction}" in output
     assert {e["identifier"]: e["payload"]["value"] for e in case.events()} == {correction: "100"}
     assert counted_by_stripe(case, invoice) == Decimal(100)
@@ -311,6 +311,7 @@ def test_an_unknown_outcome_is_explained_and_force_sends_it_under_the_next_revis
         assert after.get(name) == before.get(name), name
 
     code, output = cli(capsys, "status", "invoice", invoice["id"])
+    assert code == 0, output  # settled: nothing left needs attention
     assert "failed (outcome_unknown), superseded by r1" in output
     assert f"{first} failed" not in output
 
