@@ -218,6 +218,24 @@ def test_stripe_unreachable_is_transient() -> None:
         gateway.customer("cus_any")
 
 
+def test_stripe_goes_through_https_proxy_except_for_no_proxy_hosts(
+    emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a proxy nobody runs: every proxied call fails
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    customer = Billing(emulator).customer()
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = StripeGateway(API_KEY, api_base=emulator.url, max_network_retries=0)
+    with pytest.raises(TransientError, match="Could not reach Stripe"):
+        proxied.customer(customer["id"])
+
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    direct = StripeGateway(API_KEY, api_base=emulator.url, max_network_retries=0)
+    assert direct.customer(customer["id"])["id"] == customer["id"]
+
+
 def test_a_timed_out_meter_event_is_retried_under_its_idempotency_key_and_counted_once(
     emulator: StripeEmulator,
 ) -> None:

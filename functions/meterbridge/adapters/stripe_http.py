@@ -10,6 +10,7 @@ connect/read timeouts and the same retry classification as RequestsClient.
 """
 
 import os
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,9 +47,17 @@ class Urllib3StripeClient(stripe.HTTPClient):
             "ca_certs": stripe.ca_bundle_path,
             "retries": False,
         }
-        self._pool: urllib3.PoolManager = (
-            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
-        )
+        self._direct = urllib3.PoolManager(**options)
+        self._proxied = urllib3.ProxyManager(proxy, **options) if proxy else None
+        self._bypass: dict[str, bool] = {}  # host -> NO_PROXY names it (read once per host)
+
+    def _pool(self, host: str) -> urllib3.PoolManager:
+        if self._proxied is None:
+            return self._direct
+        bypass = self._bypass.get(host)
+        if bypass is None:
+            bypass = self._bypass[host] = bool(urllib.request.proxy_bypass(host))
+        return self._direct if bypass else self._proxied
 
     # The SDK annotates the body as str; RequestsClient returns bytes too, which it decodes.
     def request(
@@ -76,7 +85,9 @@ class Urllib3StripeClient(stripe.HTTPClient):
         return response, response.status, response.headers
 
     def close(self) -> None:
-        self._pool.clear()
+        self._direct.clear()
+        if self._proxied is not None:
+            self._proxied.clear()
 
     def _send(
         self,
@@ -87,10 +98,11 @@ class Urllib3StripeClient(stripe.HTTPClient):
         *,
         preload: bool,
     ) -> urllib3.BaseHTTPResponse:
+        host = urlsplit(url).hostname or ""
         # requests was patched for X-Ray; this transport records its own subsegment.
-        with tracer.provider.in_subsegment(urlsplit(url).hostname or "stripe") as subsegment:
+        with tracer.provider.in_subsegment(host or "stripe") as subsegment:
             try:
-                response = self._pool.request(
+                response = self._pool(host).request(
                     method.upper(),
                     url,
                     body=post_data,
@@ -114,7 +126,7 @@ def _connection_error(error: HTTPError) -> stripe.APIConnectionError:
 
 
 def stripe_http_client(timeout_seconds: float, pool_size: int) -> Urllib3StripeClient:
-    """The transport for StripeGateway. An HTTPS_PROXY is honoured; the environment is read
-    once here (requests re-read it on every call)."""
+    """The transport for StripeGateway. An HTTPS_PROXY is honoured, except for the hosts
+    NO_PROXY names; the environment is read once (requests re-read it on every call)."""
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
     return Urllib3StripeClient(timeout_seconds, pool_size, proxy=proxy)
