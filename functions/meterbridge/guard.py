@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterbridge.adapters.confirm_queue import ConfirmQueue
-from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, REJECTED, Ledger, ReportStatus
+from meterbridge.adapters.ledger import CLOSED_FAILURES, Ledger, ReportStatus
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.domain.guard import (
     GuardMode,
@@ -170,6 +170,8 @@ class InvoiceGuard:
 
     def start_confirmation(self, invoice: Invoice, now: int) -> bool:
         """Queue the first check once per invoice (a redelivered event finds it queued)."""
+        if not self.confirms or self._queue is None:
+            return False  # nothing to queue: no need to read the invoice's item
         fields = self.queue_confirmation(invoice, now, self._ledger.invoice(invoice.id))
         if fields:
             self._ledger.update_invoice(invoice.id, invoice.customer_id, fields, now)
@@ -556,10 +558,6 @@ class InvoiceGuard:
 
 
 _REVISION_SUFFIX = re.compile(r"-r(\d+)$")
-
-
-# Failures the worker never sends again; only a later revision can carry their usage.
-CLOSED_FAILURES = frozenset({REJECTED, OUTCOME_UNKNOWN})
 
 
 def superseded_failures(reports: list[dict[str, Any]]) -> set[str]:

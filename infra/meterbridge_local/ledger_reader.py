@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from meterbridge.adapters.ledger import (
     BY_CUSTOMER_INDEX,
+    CLOSED_FAILURES,
     CREATED_AT,
     CUSTOMER_ID,
     DONE_STATUSES,
@@ -102,7 +103,7 @@ def is_outcome_unknown(item: dict[str, Any]) -> bool:
 
 def is_closed_failure(item: dict[str, Any]) -> bool:
     """A failed revision the worker never sends again: only a new revision can follow."""
-    return is_rejected(item) or is_outcome_unknown(item)
+    return item.get("failure_class") in CLOSED_FAILURES
 
 
 class LedgerReader:

@@ -97,6 +97,8 @@ REJECTED = "rejected"  # failure_class of a report Stripe refused asynchronously
 # failure_class of a report that may have reached Stripe more than Stripe's identifier
 # memory ago: neither sending again nor giving up is safe without a person's check.
 OUTCOME_UNKNOWN = "outcome_unknown"
+# Failures the worker never sends again: only a later revision can carry their usage.
+CLOSED_FAILURES = frozenset({REJECTED, OUTCOME_UNKNOWN})
 CREATED_EVENTS = "created_events"  # invoice item: invoice.created event ids processed
 
 DONE_STATUSES = frozenset({ReportStatus.SENT, ReportStatus.LATE, ReportStatus.SKIPPED})
@@ -233,7 +235,7 @@ class Ledger:
             )
         except _ConditionFailed:
             current = self.report(report.identifier) or {}
-            closed = current.get("failure_class") in {REJECTED, OUTCOME_UNKNOWN}
+            closed = current.get("failure_class") in CLOSED_FAILURES
             if current.get("status") in DONE_STATUSES or closed:
                 return None
             raise ReportInFlight(
