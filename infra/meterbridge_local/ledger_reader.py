@@ -21,6 +21,7 @@ from meterbridge.adapters.ledger import (
     DONE_STATUSES,
     INVOICE,
     OUTCOME_UNKNOWN,
+    REJECTED,
     REPORT,
     SORT_KEY,
     Ledger,
@@ -30,7 +31,6 @@ from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import PermanentError, TransientError
 
-REJECTED_BY_STRIPE = "rejected"  # the ledger's failure_class for asynchronous rejections
 MAX_REVISIONS = 1000  # a runaway loop guard; real reports have a handful
 
 _deserializer = TypeDeserializer()
@@ -93,7 +93,7 @@ class ReportRevisions:
 
 def is_rejected(item: dict[str, Any]) -> bool:
     """Stripe refused the report after accepting the request (meter error report)."""
-    return item.get("failure_class") == REJECTED_BY_STRIPE
+    return item.get("failure_class") == REJECTED
 
 
 def is_outcome_unknown(item: dict[str, Any]) -> bool:
