@@ -32,11 +32,13 @@ import boto3
 import stripe
 
 from bench.report import REPO_ROOT, machine_info, write_section
-from meterbridge.adapters.ledger import Ledger, create_ledger_table
+from bench.stand_ins import bench_worker
+from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
-from meterbridge.handlers.worker import Worker, build_worker, handler
+from meterbridge.handlers.worker import Worker, handler
 from meterbridge.messages import EventEnvelope, message_attributes
 from meterbridge_local.aws import environment, moto_server
+from meterbridge_local.ledger_table import create_ledger_table
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
 
 CUSTOMERS = int(os.environ.get("BENCH_GUARD_CUSTOMERS", "50"))
@@ -78,7 +80,7 @@ class Result:
 
 
 def _worker(emulator: StripeEmulator, table: str, queue_url: str, mode: str) -> Worker:
-    return build_worker(
+    return bench_worker(
         {
             "STRIPE_API_KEY": API_KEY,
             "STRIPE_API_BASE": emulator.url,
@@ -94,7 +96,7 @@ def _worker(emulator: StripeEmulator, table: str, queue_url: str, mode: str) -> 
             # schedule a check at the margin's start the way real time does.
             "CONFIRMATION_MARGIN_SECONDS": str(MARGIN),
         },
-        usage_source=CallableUsageSource(_usage_of),
+        CallableUsageSource(_usage_of),
     )
 
 
@@ -202,7 +204,7 @@ def _run(
     # The grace period starts counting once the storm is reported: the worker's throughput is
     # bench/worker_throughput.py's subject; here only Stripe's aggregation lag competes with
     # the grace period (compressed time would otherwise inflate the storm's duration).
-    ledger = Ledger(table, boto3.client("dynamodb"))
+    ledger = DynamoDbLedger(table, boto3.client("dynamodb"))
     while time.monotonic() - started < 60:
         reported = sum(
             1
@@ -242,7 +244,10 @@ def _run(
         line = invoice.lines.data[0].to_dict()
         quantity = Decimal(str(line.get("quantity_decimal") or line["quantity"]))
         right = quantity == Decimal(_usage[str(invoice.customer)])
-        alarmed = any("confirmation_missing_at" in r for r in ledger.invoice_reports(invoice.id))
+        alarmed = any(
+            r.confirmation is not None and r.confirmation.missing_at is not None
+            for r in ledger.invoice_reports(invoice.id)
+        )
         if right:
             correct += 1
             alarmed_correct += alarmed

@@ -25,14 +25,14 @@ from typing import Any
 import boto3
 
 from bench.report import machine_info, write_section
-from bench.stand_ins import MotoProcess, cpu_seconds
+from bench.stand_ins import MotoProcess, bench_worker, cpu_seconds
 from bench.worker_throughput import API_KEY, _records, _usage, _world
-from meterbridge.adapters.ledger import create_ledger_table
 from meterbridge.adapters.usage_sources import CallableUsageSource
-from meterbridge.handlers.worker import Worker, build_worker, handler
+from meterbridge.handlers.worker import Worker, handler
 from meterbridge.messages import EventEnvelope, message_attributes
 from meterbridge_local.aws import LOCAL_AWS_ENVIRONMENT
 from meterbridge_local.lambda_runtime import FunctionConfig, SqsPoller
+from meterbridge_local.ledger_table import create_ledger_table
 from meterbridge_local.resources import SqsEventSource
 
 INVOICES = int(os.environ.get("BENCH_STORM_INVOICES", "2000"))
@@ -88,7 +88,7 @@ def _containers(world: Any, queue_url: str) -> "queue.Queue[Worker]":
     """One warm Worker per concurrent invocation, as Lambda keeps one per container."""
     containers: queue.Queue[Worker] = queue.Queue()
     for _ in range(MAX_CONCURRENCY):
-        worker = build_worker(
+        worker = bench_worker(
             {
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": world.emulator.url,
@@ -101,10 +101,10 @@ def _containers(world: Any, queue_url: str) -> "queue.Queue[Worker]":
                 "RETRY_BACKOFF_BASE_SECONDS": "1",
                 "RETRY_BACKOFF_MAX_SECONDS": "4",
             },
-            usage_source=CallableUsageSource(_usage),
+            CallableUsageSource(_usage),
         )
-        worker.reporter._gateway.price(world.price)
-        worker.reporter._gateway.meter(world.meter)
+        worker.pipeline.stripe.price(world.price)
+        worker.pipeline.stripe.meter(world.meter)
         containers.put(worker)
     return containers
 

@@ -20,6 +20,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meterbridge.handlers.worker import Worker
 
 DYNALITE_VERSION = "4.0.0"  # the Makefile's bench target installs this one
 DYNALITE = Path(__file__).resolve().parent.parent / ".bench" / "node" / "node_modules" / ".bin"
@@ -118,3 +122,15 @@ def dynalite_executable() -> str | None:
     if installed.exists():
         return str(installed)
     return shutil.which("dynalite")
+
+
+def bench_worker(environ: dict[str, str], usage_source: Any) -> "Worker":
+    """The worker as its composition root builds it, with the benchmark's usage in-process."""
+    import dataclasses
+
+    from meterbridge.handlers.worker import Worker
+    from meterbridge.worker.composition import build_pipeline, connect, worker_settings
+
+    settings = worker_settings(environ)
+    dependencies = dataclasses.replace(connect(settings), usage_source=usage_source)
+    return Worker.from_pipeline(build_pipeline(settings, dependencies))

@@ -31,13 +31,14 @@ from bench.stand_ins import (
     DYNALITE_VERSION,
     DynaliteProcess,
     MotoProcess,
+    bench_worker,
     cpu_seconds,
     dynalite_executable,
 )
-from meterbridge.adapters.ledger import create_ledger_table
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
-from meterbridge.handlers.worker import build_worker, handler
+from meterbridge.handlers.worker import handler
 from meterbridge_local.aws import LOCAL_AWS_ENVIRONMENT, environment
+from meterbridge_local.ledger_table import create_ledger_table
 
 LATENCY = float(os.environ.get("BENCH_STRIPE_LATENCY", "0.15"))
 # The template's largest deployable batch (WorkerBatchSize ≤ 100, BatchConcurrency ≤ 128).
@@ -221,7 +222,7 @@ def _worker(world: World, concurrency: int, ledger: Ledger, **env: str) -> Any:
     if env.get("INVOICE_GUARD", "off") != "off":
         env = {"QUEUE_URL": CONFIRM_QUEUE["queue_url"], **env}
     with environment(endpoints):
-        built = build_worker(
+        built = bench_worker(
             {
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": world.emulator.url,
@@ -231,11 +232,11 @@ def _worker(world: World, concurrency: int, ledger: Ledger, **env: str) -> Any:
                 "INVOICE_GUARD": "off",
                 **env,
             },
-            usage_source=CallableUsageSource(_usage),
+            CallableUsageSource(_usage),
         )
     # Warm: prices and meters are cached per container, as in a warm Lambda.
-    built.reporter._gateway.price(world.price)
-    built.reporter._gateway.meter(world.meter)
+    built.pipeline.stripe.price(world.price)
+    built.pipeline.stripe.meter(world.meter)
     _measure(built, _records(world.customers, world.price, min(concurrency, 8)))  # connections
     return built
 
@@ -268,7 +269,7 @@ def _rate_limited_run(ledger: Ledger) -> dict[str, Any]:
     world = _world(meter_event_rate_limit=LIMIT)
     try:
         worker = _worker(world, 64, ledger, METER_EVENT_RATE=str(LIMIT * 3))
-        limiter = worker.reporter.gateway.meter_event_limiter
+        limiter = worker.pipeline.stripe.meter_event_limiter
         event = _records(world.customers, world.price, LIMITED_REPORTS)
         rounds = 0
         started = time.time()

@@ -30,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import stripe
 from rich import box
@@ -40,6 +40,9 @@ from rich.table import Table
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
 from meterbridge_local.stripe_emulator.webhooks import sign
 from meterbridge_local.usage_server import Fault, UsageServer
+
+if TYPE_CHECKING:
+    from meterbridge.domain.records import ReportRecord
 
 DEMO_API_KEY = "sk_test_meterbridge_demo"
 METER_EVENT_NAME = "api_requests"
@@ -594,35 +597,31 @@ class MeterbridgeFlow(Flow):
     def annotate(self, checks: list[InvoiceCheck]) -> list[InvoiceCheck]:
         import boto3
 
-        from meterbridge.adapters.ledger import Ledger
+        from meterbridge.adapters.ledger import DynamoDbLedger
 
-        ledger = Ledger(
+        ledger = DynamoDbLedger(
             self.stack.ledger_table_name,
             boto3.client("dynamodb", endpoint_url=self.stack.aws_endpoint_url),
         )
         annotated = []
         for check in checks:
-            reports = [
-                item
-                for item in (ledger.invoice_items(check.invoice_id) if check.invoice_id else [])
-                if item.get("sk") == "report"
-            ]
+            reports = ledger.invoice_reports(check.invoice_id) if check.invoice_id else []
             annotated.append(
                 _replace(
                     check,
-                    identifiers=tuple(str(r["identifier"]) for r in reports),
+                    identifiers=tuple(r.identifier for r in reports),
                     ledger_status=", ".join(_ledger_summary(r) for r in reports) or "no report",
                 )
             )
         return annotated
 
 
-def _ledger_summary(report: dict[str, Any]) -> str:
+def _ledger_summary(report: "ReportRecord") -> str:
     """What the ledger says of one report: sent, then what the invoice guard found."""
     steps = (
-        report.get("status"),
-        report.get("confirmation_status"),
-        report.get("reconciliation_status"),
+        report.status,
+        report.confirmation.status if report.confirmation else None,
+        report.reconciliation.status if report.reconciliation else None,
     )
     return " · ".join(str(step) for step in steps if step)
 

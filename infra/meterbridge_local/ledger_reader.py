@@ -1,54 +1,35 @@
-"""Read-only views of the worker's ledger for operators, built on the ledger's own constants.
+"""Read-only views of the worker's ledger for operators, on the ledger adapter's records.
 
-The worker's `Ledger` has the writes and the reads it needs; operators also ask "what
+The worker's ledger has the writes and the reads it needs; operators also ask "what
 happened for this customer since March" and "every revision of this report", which are
 here so the deployed code stays small.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from meterbridge.adapters.ledger import (
-    BY_CUSTOMER_INDEX,
-    CLOSED_FAILURES,
-    CREATED_AT,
-    CUSTOMER_ID,
-    DONE_STATUSES,
-    INVOICE,
-    OUTCOME_UNKNOWN,
-    REJECTED,
-    REPORT,
-    SORT_KEY,
-    Ledger,
-    ReportStatus,
-)
+from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.records import (
+    FailureClass,
+    InvoiceRecord,
+    InvoiceView,
+    ReportRecord,
+)
 from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import PermanentError, TransientError
 
 MAX_REVISIONS = 1000  # a runaway loop guard; real reports have a handful
 
-_deserializer = TypeDeserializer()
+T = TypeVar("T")
 
 
 class LedgerUnavailable(Exception):
     """The ledger table cannot be read (wrong name, no credentials, endpoint down)."""
-
-
-@dataclass(frozen=True)
-class InvoiceView:
-    invoice_id: str
-    record: dict[str, Any] | None  # the invoice item: status reported / skipped / failed
-    reports: list[dict[str, Any]]  # every report item, all revisions, by period then identifier
-
-    @property
-    def found(self) -> bool:
-        return self.record is not None or bool(self.reports)
 
 
 @dataclass(frozen=True)
@@ -57,7 +38,7 @@ class ReportRevisions:
 
     subscription_item_id: str
     period: ServicePeriod
-    items: list[dict[str, Any]]  # revision 0 first; stops at the first missing revision
+    items: list[ReportRecord]  # revision 0 first; stops at the first missing revision
 
     @property
     def next_revision(self) -> int:
@@ -66,112 +47,72 @@ class ReportRevisions:
     @property
     def counted_total(self) -> Decimal:
         """What Stripe counts for this period: the values of every delivered revision."""
-        return sum(
-            (
-                Decimal(str(item.get("value", "0")))
-                for item in self.items
-                if item.get("status") in {ReportStatus.SENT, ReportStatus.LATE}
-            ),
-            Decimal(0),
-        )
+        return sum((item.value or Decimal(0) for item in self.items if item.delivered), Decimal(0))
 
     @property
-    def unfinished(self) -> dict[str, Any] | None:
+    def unfinished(self) -> ReportRecord | None:
         """A revision that is pending or failed: it must be finished before a new one.
         One Stripe rejected asynchronously is final: its identifier cannot be sent again;
         so is one whose outcome is unknown (the worker will not send it again)."""
-        for item in self.items:
-            if item.get("status") not in DONE_STATUSES and not is_closed_failure(item):
-                return item
-        return None
+        return next((i for i in self.items if not i.status.done and not i.closed), None)
 
     @property
-    def outcome_unknown(self) -> dict[str, Any] | None:
+    def outcome_unknown(self) -> ReportRecord | None:
         """A revision that may or may not be counted by Stripe (see SendOutcomeUnknown)."""
-        return next((item for item in self.items if is_outcome_unknown(item)), None)
-
-
-def is_rejected(item: dict[str, Any]) -> bool:
-    """Stripe refused the report after accepting the request (meter error report)."""
-    return item.get("failure_class") == REJECTED
-
-
-def is_outcome_unknown(item: dict[str, Any]) -> bool:
-    """An attempt may have reached Stripe longer ago than Stripe remembers identifiers."""
-    return item.get("failure_class") == OUTCOME_UNKNOWN
-
-
-def is_closed_failure(item: dict[str, Any]) -> bool:
-    """A failed revision the worker never sends again: only a new revision can follow."""
-    return item.get("failure_class") in CLOSED_FAILURES
+        return next(
+            (i for i in self.items if i.failure_class is FailureClass.OUTCOME_UNKNOWN), None
+        )
 
 
 class LedgerReader:
     def __init__(self, table_name: str, client: Any):
         self._table = table_name
-        self._client = client
-        self._ledger = Ledger(table_name, client)
+        self._ledger = DynamoDbLedger(table_name, client)
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> DynamoDbLedger:
         return self._ledger
 
     def invoice(self, invoice_id: str) -> InvoiceView:
-        items = self._guard(lambda: self._ledger.invoice_items(invoice_id))
-        record = next((item for item in items if item.get(SORT_KEY) == INVOICE), None)
+        view = self._guard(lambda: self._ledger.invoice_view(invoice_id))
         reports = sorted(
-            (item for item in items if item.get(SORT_KEY) == REPORT),
-            key=lambda item: (
-                int(item.get("period_start", 0)),
-                str(item.get("subscription_item_id", "")),
-                str(item.get("identifier", "")),
-            ),
+            view.reports,
+            key=lambda r: (r.period.start, r.subscription_item_id or "", r.identifier),
         )
-        return InvoiceView(invoice_id, record, reports)
+        return InvoiceView(invoice_id, view.record, reports)
 
-    def customer(self, customer_id: str, since: str | None = None) -> list[dict[str, Any]]:
-        """Invoice records and reports of one customer, oldest first; `since` is ISO 8601 UTC
-        text compared with the items' created_at (written as ISO 8601 with a Z)."""
-        return list(self._guard(lambda: list(self._customer_items(customer_id, since))))
+    def customer(self, customer_id: str, since: str | None = None) -> list[InvoiceView]:
+        """The customer's invoices with a ledger record or report, oldest first; `since`
+        is ISO 8601 UTC text compared with the records' claim time."""
+        invoices, reports = self._guard(lambda: self._ledger.customer_records(customer_id, since))
+        views: dict[str, tuple[InvoiceRecord | None, list[ReportRecord]]] = {}
+        for record in invoices:
+            views[record.invoice_id] = (record, views.get(record.invoice_id, (None, []))[1])
+        for report in reports:
+            views.setdefault(report.invoice_id, (None, []))[1].append(report)
+        ordered = sorted(views.items(), key=lambda entry: _first_seen(*entry[1]))
+        return [InvoiceView(invoice_id, record, items) for invoice_id, (record, items) in ordered]
 
     def revisions(self, subscription_item_id: str, period: ServicePeriod) -> ReportRevisions:
-        items: list[dict[str, Any]] = []
+        items: list[ReportRecord] = []
         for revision in range(MAX_REVISIONS):
-            identifier = report_identifier(subscription_item_id, period, revision)
-            item = self._guard(lambda identifier=identifier: self._ledger.report(identifier))
+            item = self._report(report_identifier(subscription_item_id, period, revision))
             if item is None:
                 break
             items.append(item)
         return ReportRevisions(subscription_item_id, period, items)
 
-    def _customer_items(self, customer_id: str, since: str | None) -> Iterator[dict[str, Any]]:
-        condition = "#customer = :customer"
-        values: dict[str, Any] = {":customer": {"S": customer_id}}
-        if since:
-            condition += " AND #created >= :since"
-            values[":since"] = {"S": since}
-        start: dict[str, Any] | None = None
-        while True:
-            page = self._client.query(
-                TableName=self._table,
-                IndexName=BY_CUSTOMER_INDEX,
-                KeyConditionExpression=condition,
-                ExpressionAttributeNames={
-                    "#customer": CUSTOMER_ID,
-                    **({"#created": CREATED_AT} if since else {}),
-                },
-                ExpressionAttributeValues=values,
-                **({"ExclusiveStartKey": start} if start else {}),
-            )
-            for item in page.get("Items", []):
-                yield {key: _deserializer.deserialize(value) for key, value in item.items()}
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
+    def _report(self, identifier: str) -> ReportRecord | None:
+        return self._guard(lambda: self._ledger.report(identifier))
 
-    def _guard(self, read: Any) -> Any:
+    def _guard(self, read: Callable[[], T]) -> T:
         try:
             return read()
-        # The worker's Ledger wraps DynamoDB errors in its failure classes; raw queries don't.
+        # The ledger wraps DynamoDB errors in its failure classes; botocore's own may remain.
         except (ClientError, BotoCoreError, TransientError, PermanentError) as error:
             raise LedgerUnavailable(f"ledger table {self._table}: {error}") from error
+
+
+def _first_seen(record: InvoiceRecord | None, reports: list[ReportRecord]) -> str:
+    times = [r.created_at for r in reports] + ([record.created_at] if record else [])
+    return min(times) if times else ""

@@ -10,6 +10,7 @@ StripeGateway subclass that can crash the worker right after a meter event was s
 Each test uses its own customers on its own test clock; all share one meter and price.
 """
 
+import dataclasses
 import json
 import os
 import threading
@@ -23,13 +24,13 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import Ledger
+from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.stripe_gateway import MeterEventReceipt, StripeGateway
 from meterbridge.handlers import webhook as webhook_module
 from meterbridge.handlers import worker as worker_module
 from meterbridge.handlers.worker import Worker
 from meterbridge.intake import Intake
-from meterbridge.settings import WorkerSettings, load_settings
+from meterbridge.worker.composition import build_pipeline, connect, worker_settings
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.demo import (
     DEMO_API_KEY,
@@ -91,7 +92,7 @@ class Handlers:
         self.gateway: CrashableGateway | None = None
 
     def cold_start(self) -> None:
-        settings = load_settings(WorkerSettings, dict(os.environ))
+        settings = worker_settings(dict(os.environ))
         self.gateway = CrashableGateway(
             settings.stripe_api_key or "",
             api_base=settings.stripe_api_base,
@@ -99,7 +100,8 @@ class Handlers:
             max_network_retries=settings.stripe_max_network_retries,
             rate_limit_retries=settings.stripe_rate_limit_retries,
         )
-        self._worker = worker_module.build_worker(gateway=self.gateway)
+        dependencies = dataclasses.replace(connect(settings), stripe=self.gateway)
+        self._worker = worker_module.Worker.from_pipeline(build_pipeline(settings, dependencies))
         self._intake = webhook_module.build_intake()
 
     def webhook(self, event: dict[str, Any], context: Any) -> Any:
@@ -126,7 +128,7 @@ class E2E:
     catalog: Catalog
     handlers: Handlers
     secret: str
-    ledger: Ledger
+    ledger: DynamoDbLedger
     subscribers: list[Subscriber] = field(default_factory=list)
 
     def subscribe(self, tenants: list[str], frozen_time: int | None = None) -> list[Subscriber]:
@@ -246,7 +248,7 @@ def e2e(aws: MotoServer) -> Iterator[E2E]:
                 catalog=driver.create_catalog(),
                 handlers=handlers,
                 secret=secret,
-                ledger=Ledger(
+                ledger=DynamoDbLedger(
                     stack.ledger_table_name,
                     boto3.client("dynamodb", endpoint_url=aws.endpoint_url),
                 ),

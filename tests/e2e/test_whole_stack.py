@@ -72,10 +72,9 @@ def test_reports_sent_while_the_drafts_were_open_are_recorded_sent(
     """Test-clock time, not wall time, decides lateness: these clocks lie in the past."""
     _, checks = three_months
     statuses = [
-        item["status"]
+        report.status
         for check in checks
-        for item in e2e.ledger.invoice_items(check.invoice_id or "")
-        if item["sk"] == "report"
+        for report in e2e.ledger.invoice_reports(check.invoice_id or "")
     ]
     assert statuses == ["sent"] * 9
 
@@ -124,13 +123,9 @@ def test_worker_crash_after_sending_does_not_double_count(e2e: E2E) -> None:
     e2e.finalize(crashing.clock_id, boundary)
     checks = _checks(e2e, [crashing, bystander], 1)
     _assert_exact(checks)
-    (report,) = [
-        item
-        for item in e2e.ledger.invoice_items(checks[0].invoice_id or "")
-        if item["sk"] == "report"
-    ]
-    assert report["status"] in {"sent", "late"}
-    assert int(report["attempts"]) >= 2
+    (report,) = e2e.ledger.invoice_reports(checks[0].invoice_id or "")
+    assert report.status in {"sent", "late"}
+    assert report.attempts >= 2
 
 
 def test_stripe_5xx_burst_still_bills_exactly(e2e: E2E) -> None:
@@ -189,13 +184,15 @@ def test_poison_invoice_is_recorded_failed_and_lands_in_the_dlq(e2e: E2E) -> Non
     finally:
         e2e.usage.clear_faults()
     invoice_id = json.loads(event["payload"])["data"]["object"]["id"]
-    items = {item["sk"]: item for item in e2e.ledger.invoice_items(invoice_id)}
-    assert items["report"]["status"] == "failed"
-    assert items["report"]["failure_class"] == "permanent"
-    assert "'lots' is not a decimal number" in items["report"]["last_error"]
-    assert int(items["report"]["attempts"]) == 2
-    assert items["invoice"]["status"] == "failed"
-    assert "'lots' is not a decimal number" in items["invoice"]["reason"]
+    view = e2e.ledger.invoice_view(invoice_id)
+    (report,) = view.reports
+    assert report.status == "failed"
+    assert report.failure_class == "permanent"
+    assert "'lots' is not a decimal number" in str(report.last_error)
+    assert report.attempts == 2
+    assert view.record is not None
+    assert view.record.status == "failed"
+    assert "'lots' is not a decimal number" in str(view.record.reason)
     assert e2e.accepted_events(subscriber) == []
     # The invoice guard keeps checking the draft while it is open; finalizing ends that.
     e2e.finalize(subscriber.clock_id, boundary)

@@ -12,10 +12,11 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import Ledger
+from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
 from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, ReportRecord
 from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.handlers.worker import Worker
@@ -26,7 +27,6 @@ from tests.support.guard import (
     Renewal,
     drain,
     emitted_metrics,
-    enqueue_document,
     receive,
     run_records,
 )
@@ -34,16 +34,10 @@ from tests.support.worker import (
     API_KEY,
     USAGE,
     Clock,
-    emulator,
     enqueue,
     invoice_created,
-    ledger,
-    ledger_table,
     make_worker,
-    queue_url,
 )
-
-__all__ = ["emulator", "ledger", "ledger_table", "queue_url"]
 
 # Long enough that nothing is aggregated before the test moves on (no race with the clock);
 # the hold tests use a short lag and wait for it.
@@ -76,7 +70,7 @@ def guard_worker(
     return make_worker(emulator, ledger_table, queue_url, env=settings, **(adapters or {}))
 
 
-def report_of(ledger: Ledger, renewal: Renewal) -> dict[str, Any]:
+def report_of(ledger: Ledger, renewal: Renewal) -> ReportRecord:
     line = renewal.invoice["lines"]["data"][0]
     item = line["parent"]["subscription_item_details"]["subscription_item"]
     period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
@@ -99,9 +93,19 @@ def finalize_and_reconcile(world: GuardWorld, worker: Worker, renewal: Renewal) 
 
 
 def _reconciled(worker: Worker, renewal: Renewal) -> bool:
-    ledger: Ledger = worker.reporter._ledger
-    record = ledger.invoice(renewal.invoice["id"]) or {}
-    return "reconciliation_status" in record
+    record = worker.pipeline.ledger.invoice(renewal.invoice["id"])
+    return record is not None and record.reconciliation_status is not None
+
+
+def invoice_record(ledger: Ledger, renewal: Renewal) -> InvoiceRecord:
+    record = ledger.invoice(renewal.invoice["id"])
+    assert record is not None
+    return record
+
+
+def released(ledger: Ledger, renewal: Renewal) -> bool:
+    record = ledger.invoice(renewal.invoice["id"])
+    return record is not None and record.released_at is not None
 
 
 def test_guard_off_naive_timing_loses_the_usage_and_reconciliation_shows_it(
@@ -112,7 +116,7 @@ def test_guard_off_naive_timing_loses_the_usage_and_reconciliation_shows_it(
     renewal = world.subscribe(usage="1200")
 
     process_created(world, worker, renewal)
-    assert report_of(ledger, renewal)["status"] == "sent"  # Stripe accepted it
+    assert report_of(ledger, renewal).status == "sent"  # Stripe accepted it
     world.advance(renewal, HOUR + 60)  # the grace period ends before Stripe aggregated
 
     assert world.invoice(renewal)["status"] == "open"
@@ -120,10 +124,11 @@ def test_guard_off_naive_timing_loses_the_usage_and_reconciliation_shows_it(
     assert receive(queue_url, wait_seconds=0) == []  # no confirmation with the guard off
     finalize_and_reconcile(world, worker, renewal)
     report = report_of(ledger, renewal)
-    assert report["reconciliation_status"] == "mismatch"
-    assert report["mismatch_reason"] == "stripe_differs"
-    assert (report["invoiced_quantity"], report["expected_quantity"]) == ("0", "1200")
-    assert ledger.invoice(renewal.invoice["id"])["reconciliation_status"] == "mismatch"  # type: ignore[index]
+    assert report.reconciliation is not None
+    assert report.reconciliation.status == "mismatch"
+    assert report.reconciliation.reason == "stripe_differs"
+    assert (report.reconciliation.invoiced, report.reconciliation.expected) == (0, 1200)
+    assert invoice_record(ledger, renewal).reconciliation_status == "mismatch"
 
 
 def test_confirm_detects_the_loss_and_raises_the_metric_before_finalization(  # noqa: PLR0917
@@ -147,15 +152,16 @@ def test_confirm_detects_the_loss_and_raises_the_metric_before_finalization(  # 
 
     assert world.invoice(renewal)["status"] == "draft"  # still time to act
     report = report_of(ledger, renewal)
-    assert report["confirmation_status"] == "missing"
-    assert (report["confirmation_observed"], report["confirmation_expected"]) == ("0", "75")
-    assert "confirmation_missing_at" in report
+    assert report.confirmation is not None
+    assert report.confirmation.status == "missing"
+    assert (report.confirmation.observed, report.confirmation.expected) == (0, 75)
+    assert report.confirmation.missing_at is not None
     assert "ConfirmationMissing" in emitted_metrics(capsys.readouterr().out)
 
     world.advance(renewal, HOUR + 60)  # nobody acted: the draft finalizes without the usage
     assert world.quantity(renewal) == 0
     finalize_and_reconcile(world, worker, renewal)
-    assert report_of(ledger, renewal)["reconciliation_status"] == "mismatch"
+    assert report_of(ledger, renewal).reconciliation_status == "mismatch"
 
 
 def test_confirm_records_confirmed_once_stripe_counts_the_report(
@@ -169,12 +175,15 @@ def test_confirm_records_confirmed_once_stripe_counts_the_report(
     drain(
         worker,
         queue_url,
-        lambda: report_of(ledger, renewal).get("confirmation_status") == "confirmed",
+        lambda: report_of(ledger, renewal).confirmed,
     )
 
     report = report_of(ledger, renewal)
-    assert report["confirmation_observed"] == report["confirmation_expected"] == "12.5"
-    assert report["confirmed_at"] >= report["sent_at"]
+    assert report.confirmation is not None
+    assert report.confirmation.observed == report.confirmation.expected == Decimal("12.5")
+    assert report.confirmation.confirmed_at is not None
+    assert report.sent_at is not None
+    assert report.confirmation.confirmed_at >= report.sent_at
     assert world.invoice(renewal)["auto_advance"] is True  # confirm never holds
 
 
@@ -198,13 +207,13 @@ def test_hold_finalizes_every_invoice_with_the_right_quantity(
 
     for renewal in renewals:
         assert world.quantity(renewal) == Decimal(renewal.usage)
-        record = ledger.invoice(renewal.invoice["id"]) or {}
-        assert record["hold_status"] == "released"
+        record = invoice_record(ledger, renewal)
+        assert record.hold_status == "released"
         # Released after the original schedule: finalized explicitly, not auto_advance.
-        assert record["release_action"] == "finalize"
-        assert report_of(ledger, renewal)["confirmation_status"] == "confirmed"
+        assert record.release_action == "finalize"
+        assert report_of(ledger, renewal).confirmation_status == "confirmed"
         finalize_and_reconcile(world, worker, renewal)
-        assert report_of(ledger, renewal)["reconciliation_status"] == "reconciled"
+        assert report_of(ledger, renewal).reconciliation_status == "reconciled"
 
 
 def test_hold_released_before_the_schedule_gives_the_draft_back_to_stripe(
@@ -217,10 +226,10 @@ def test_hold_released_before_the_schedule_gives_the_draft_back_to_stripe(
     renewal = world.subscribe(usage="5")
     process_created(world, worker, renewal)
 
-    drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
+    drain(worker, queue_url, lambda: released(ledger, renewal))
 
-    record = ledger.invoice(renewal.invoice["id"]) or {}
-    assert record["release_action"] == "auto_advance"
+    record = invoice_record(ledger, renewal)
+    assert record.release_action == "auto_advance"
     invoice = world.invoice(renewal)
     assert (invoice["status"], invoice["auto_advance"]) == ("draft", True)
     world.advance(renewal, HOUR + 60)  # Stripe finalizes on its own schedule
@@ -241,16 +250,16 @@ def test_hold_never_outlives_its_limit_and_alarms(  # noqa: PLR0917
     )
     renewal = world.subscribe(usage="9")
     process_created(world, worker, renewal)
-    record = ledger.invoice(renewal.invoice["id"]) or {}
-    assert record["hold_status"] == "held"
-    assert record["hold_deadline"] == renewal.invoice["created"] + 3 * HOUR
+    record = invoice_record(ledger, renewal)
+    assert record.hold_status == "held"
+    assert record.hold_deadline == renewal.invoice["created"] + 3 * HOUR
     world.advance(renewal, 4 * HOUR)
     capsys.readouterr()
 
     drain(worker, queue_url, lambda: world.invoice(renewal)["status"] == "open")
 
-    record = ledger.invoice(renewal.invoice["id"]) or {}
-    assert record["hold_status"] == "released_at_limit"
+    record = invoice_record(ledger, renewal)
+    assert record.hold_status == "released_at_limit"
     assert "HoldLimitReached" in emitted_metrics(capsys.readouterr().out)
     assert world.quantity(renewal) == 0  # billing went ahead; reconciliation will say so
 
@@ -262,7 +271,7 @@ def test_usage_source_change_after_reporting_is_a_mismatch(
     worker = guard_worker(emulator, ledger_table, queue_url, "hold")
     renewal = world.subscribe(usage="100")
     process_created(world, worker, renewal)
-    drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
+    drain(worker, queue_url, lambda: released(ledger, renewal))
     USAGE[(renewal.customer, world.meter["event_name"])] = "130"  # late usage arrives
     world.advance(renewal, HOUR + 60)
     assert world.quantity(renewal) == 100
@@ -270,16 +279,17 @@ def test_usage_source_change_after_reporting_is_a_mismatch(
     finalize_and_reconcile(world, worker, renewal)
 
     report = report_of(ledger, renewal)
-    assert report["reconciliation_status"] == "mismatch"
-    assert report["mismatch_reason"] == "usage_changed"
-    assert (report["invoiced_quantity"], report["expected_quantity"]) == ("100", "100")
-    assert report["source_quantity"] == "130"
+    assert report.reconciliation is not None
+    assert report.reconciliation.status == "mismatch"
+    assert report.reconciliation.reason == "usage_changed"
+    assert (report.reconciliation.invoiced, report.reconciliation.expected) == (100, 100)
+    assert report.reconciliation.source == 130
 
 
 def _deliver_error_reports(world: GuardWorld, worker: Worker, before: set[str]) -> None:
     for notification in world.thin_events("v1.billing.meter.error_report_triggered"):
         if notification["id"] not in before:
-            enqueue_document(world.queue_url, notification)
+            enqueue(world.queue_url, notification)
     records = receive(world.queue_url)
     assert records, "no meter error report was emitted"
     assert run_records(worker, world.queue_url, records) == set()
@@ -308,15 +318,15 @@ def test_meter_error_report_for_an_unknown_customer_marks_the_report_failed(
     )
     before = _thin_ids(world)
     process_created(world, worker, renewal)
-    assert report_of(ledger, renewal)["status"] == "sent"  # Stripe answered 200
+    assert report_of(ledger, renewal).status == "sent"  # Stripe answered 200
 
     _deliver_error_reports(world, worker, before)
 
     report = report_of(ledger, renewal)
-    assert report["status"] == "failed"
-    assert report["failure_class"] == "rejected"
-    assert report["stripe_error_code"] == "meter_event_customer_not_found"
-    assert report["stripe_error_event_id"].startswith("evt_")
+    assert report.status == "failed"
+    assert report.failure_class == "rejected"
+    assert report.stripe_error_code == "meter_event_customer_not_found"
+    assert str(report.stripe_error_event_id).startswith("evt_")
 
 
 def test_meter_error_report_for_a_timestamp_in_the_future_marks_the_report_failed(
@@ -341,29 +351,31 @@ def test_meter_error_report_for_a_timestamp_in_the_future_marks_the_report_faile
     before = _thin_ids(world)
     enqueue(queue_url, invoice_created(seeded))
     assert run_records(worker, queue_url, receive(queue_url)) == set()
-    assert report_of(ledger, renewal)["status"] == "sent"
+    assert report_of(ledger, renewal).status == "sent"
 
     _deliver_error_reports(world, worker, before)
 
     report = report_of(ledger, renewal)
-    assert report["status"] == "failed"
-    assert report["stripe_error_code"] == "timestamp_in_future"
+    assert report.status == "failed"
+    assert report.stripe_error_code == "timestamp_in_future"
     # A redelivered invoice.created does not resurrect the rejected report.
     enqueue(queue_url, invoice_created(seeded))
     assert run_records(worker, queue_url, receive(queue_url)) == set()
-    assert report_of(ledger, renewal)["status"] == "failed"
+    assert report_of(ledger, renewal).status == "failed"
 
 
 class _LedgerFailingOnceAfterReporting(Ledger):
-    """DynamoDB throttles the invoice record once, after the reports went out."""
+    """DynamoDB throttles the invoice's outcome once, after the reports went out."""
 
     failed = False
 
-    def record_invoice(self, *args: Any, **kwargs: Any) -> None:
-        if not self.failed:
+    def update_invoice(
+        self, invoice_id: str, customer_id: str, changes: InvoiceChanges, *args: Any, **kwargs: Any
+    ) -> None:
+        if changes.status is not None and not self.failed:
             type(self).failed = True
             raise TransientError("ledger throttled (injected)")
-        super().record_invoice(*args, **kwargs)
+        super().update_invoice(invoice_id, customer_id, changes, *args, **kwargs)
 
 
 def test_hold_still_gets_its_release_check_when_reporting_fails_midway(
@@ -379,10 +391,10 @@ def test_hold_still_gets_its_release_check_when_reporting_fails_midway(
     # The event fails (retried later), but the held draft's check chain has started.
     assert run_records(worker, world.queue_url, records) != set()
     assert world.invoice(renewal)["auto_advance"] is False
-    assert (ledger.invoice(renewal.invoice["id"]) or {}).get("report_count") == 1
+    assert invoice_record(ledger, renewal).report_count == 1
 
-    drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
-    assert report_of(ledger, renewal)["confirmation_status"] == "confirmed"
+    drain(worker, queue_url, lambda: released(ledger, renewal))
+    assert report_of(ledger, renewal).confirmation_status == "confirmed"
 
 
 class _GatewayRefusingFinalize(StripeGateway):
@@ -397,12 +409,12 @@ def test_held_draft_stripe_refuses_to_finalize_is_handed_back_not_kept(
 ) -> None:
     emulator.set_faults(aggregation_lag_seconds=0.0)
     refusing = _GatewayRefusingFinalize(API_KEY, api_base=emulator.url)
-    worker = guard_worker(emulator, ledger_table, queue_url, "hold", {"gateway": refusing})
+    worker = guard_worker(emulator, ledger_table, queue_url, "hold", {"stripe": refusing})
     renewal = world.subscribe(usage="3")
     process_created(world, worker, renewal)
     world.advance(renewal, 2 * HOUR)  # past the schedule: release means finalize
 
-    drain(worker, queue_url, lambda: "released_at" in (ledger.invoice(renewal.invoice["id"]) or {}))
-    record = ledger.invoice(renewal.invoice["id"]) or {}
-    assert (record["hold_status"], record["release_action"]) == ("released", "auto_advance")
+    drain(worker, queue_url, lambda: released(ledger, renewal))
+    record = invoice_record(ledger, renewal)
+    assert (record.hold_status, record.release_action) == ("released", "auto_advance")
     assert world.invoice(renewal)["auto_advance"] is True

@@ -9,9 +9,11 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import Ledger, create_ledger_table
+from meterbridge.adapters.ledger import DynamoDbLedger
+from meterbridge.domain.records import InvoiceChanges, InvoiceStatus
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.cli import StripeTarget, _print_summary, main
+from meterbridge_local.ledger_table import create_ledger_table
 from meterbridge_local.stack import LocalStack
 from tests.support.ops import cli, queue_with_dead_letters
 from tests.support.stripe_events import snapshot_event
@@ -152,9 +154,12 @@ def test_list_shows_each_event_and_why_from_the_ledger_and_keeps_them(
 ) -> None:
     table = f"ledger-{uuid.uuid4().hex[:8]}"
     create_ledger_table(boto3.client("dynamodb"), table)
-    ledger = Ledger(table, boto3.client("dynamodb"))
-    ledger.record_invoice(
-        "in_poison", "cus_1", status="failed", reason="customer cus_1 is deleted", now=1_700_000_000
+    ledger = DynamoDbLedger(table, boto3.client("dynamodb"))
+    ledger.update_invoice(
+        "in_poison",
+        "cus_1",
+        InvoiceChanges(status=InvoiceStatus.FAILED, reason="customer cus_1 is deleted"),
+        now=1_700_000_000,
     )
     poison = invoice_event("in_poison")
     unknown = invoice_event("in_unknown")

@@ -8,9 +8,10 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import Ledger
+from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
 from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.records import ReportRecord
 from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers.worker import Worker
 from meterbridge_local.stripe_emulator import StripeEmulator
@@ -20,14 +21,11 @@ from tests.support.guard import (
     GuardWorld,
     body_kind,
     drain,
-    enqueue_document,
     receive,
     run_records,
 )
 from tests.support.ops import cli
-from tests.support.worker import USAGE, emulator, ledger, ledger_table, queue_url
-
-__all__ = ["emulator", "ledger", "ledger_table", "queue_url"]
+from tests.support.worker import USAGE
 
 NEVER_IN_TIME = 600.0  # nothing is aggregated before the test clock passes the grace period
 
@@ -62,7 +60,7 @@ def created(world: GuardWorld, worker: Worker, invoice: dict[str, Any]) -> None:
     assert run_records(worker, world.queue_url, receive(world.queue_url)) == set()
 
 
-def report_item(ledger: Ledger, invoice: dict[str, Any], revision: int = 0) -> dict[str, Any]:
+def report_item(ledger: Ledger, invoice: dict[str, Any], revision: int = 0) -> ReportRecord:
     line = invoice["lines"]["data"][0]
     period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
     item = ledger.report(report_identifier(support.subscription_item_of(line), period, revision))
@@ -70,12 +68,17 @@ def report_item(ledger: Ledger, invoice: dict[str, Any], revision: int = 0) -> d
     return item
 
 
+def released(ledger: Ledger, invoice_id: str) -> bool:
+    record = ledger.invoice(invoice_id)
+    return record is not None and record.released_at is not None
+
+
 def finalized(world: GuardWorld, worker: Worker, ledger: Ledger, invoice_id: str) -> None:
-    enqueue_document(world.queue_url, world.event("invoice.finalized", invoice_id))
+    support.enqueue(world.queue_url, world.event("invoice.finalized", invoice_id))
     drain(
         worker,
         world.queue_url,
-        lambda: "reconciliation_status" in (ledger.invoice(invoice_id) or {}),
+        lambda: getattr(ledger.invoice(invoice_id), "reconciliation_status", None) is not None,
     )
 
 
@@ -130,7 +133,11 @@ def test_status_shows_the_hold_then_its_release_and_the_confirmed_reconciled_rep
     assert code == 0, output  # holding is the guard working, not a problem
     assert "guard hold: held, until" in output
 
-    drain(worker, world.queue_url, lambda: "released_at" in (ledger.invoice(invoice_id) or {}))
+    drain(
+        worker,
+        world.queue_url,
+        lambda: getattr(ledger.invoice(invoice_id), "released_at", None) is not None,
+    )
     world.advance(renewal, HOUR + 60)  # Stripe finalizes on its own schedule
     finalized(world, worker, ledger, invoice_id)
 
@@ -192,9 +199,9 @@ def test_rejected_report_is_shown_with_stripes_code_and_force_resends_its_full_v
     created(world, worker, invoice)
     for notification in world.thin_events("v1.billing.meter.error_report_triggered"):
         if notification["id"] not in known:
-            enqueue_document(world.queue_url, notification)
+            support.enqueue(world.queue_url, notification)
     assert run_records(worker, world.queue_url, receive(world.queue_url)) == set()
-    assert report_item(ledger, invoice)["failure_class"] == "rejected"
+    assert report_item(ledger, invoice).failure_class == "rejected"
 
     code, output = cli(capsys, "status", "invoice", invoice["id"])
     assert code == 1, output
@@ -209,17 +216,17 @@ def test_rejected_report_is_shown_with_stripes_code_and_force_resends_its_full_v
     assert code == 0, output
 
     resent = report_item(ledger, invoice, revision=1)
-    assert (resent["status"], resent["value"]) == ("sent", "3")  # the full value, once
+    assert (resent.status, resent.value) == ("sent", 3)  # the full value, once
     accepted = [
         e for e in world.billing.meter_events(customer=customer) if e["status"] == "accepted"
     ]
     assert [(e["identifier"], e["payload"]["value"]) for e in accepted] == [
-        (resent["identifier"], "3")
+        (resent.identifier, "3")
     ]
     code, output = cli(capsys, "status", "invoice", invoice["id"])
     assert code == 0, output
     assert "failed (rejected: archived_meter), superseded by r1" in output
-    assert resent["identifier"] in output
+    assert resent.identifier in output
 
 
 def test_report_rerun_with_the_queue_gets_its_report_confirmed(
@@ -250,15 +257,17 @@ def test_report_rerun_with_the_queue_gets_its_report_confirmed(
 
     assert code == 0, output
     assert "confirmation checks queued (INVOICE_GUARD=confirm)" in output
-    assert report_item(ledger, invoice)["status"] == "sent"
+    assert report_item(ledger, invoice).status == "sent"
     checker = guard_worker(world, ledger_table, "confirm")
     drain(
         checker,
         world.queue_url,
-        lambda: report_item(ledger, invoice).get("confirmation_status") == "confirmed",
+        lambda: report_item(ledger, invoice).confirmed,
     )
     code, output = cli(capsys, "status", "invoice", invoice["id"])
     assert code == 0, output
     assert "guard confirm" in output
     assert "confirmed (Stripe 41.5)" in output
-    assert Decimal(report_item(ledger, invoice)["confirmation_observed"]) == Decimal("41.5")
+    confirmation = report_item(ledger, invoice).confirmation
+    assert confirmation is not None
+    assert confirmation.observed == Decimal("41.5")

@@ -9,8 +9,9 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, Ledger
+from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.records import FailureClass
 from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.aws import MotoServer
@@ -23,14 +24,7 @@ from tests.support.ops import cli, queue_with_dead_letters
 from tests.support.worker import (
     USAGE,
     Billing,
-    emulator,
-    fresh_emulator_faults,
-    ledger,
-    ledger_table,
-    queue_url,
 )
-
-__all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
 
 NO_GUARD = {"INVOICE_GUARD": "off"}  # delayed confirmations are the invoice guard's tests
 
@@ -170,7 +164,7 @@ def test_report_backfills_a_report_that_failed_while_the_usage_source_was_down(
     assert "reporting" in output
     [sent] = case.events()
     assert (sent["identifier"], sent["payload"]["value"]) == (identifier(invoice), "100")
-    assert case.ledger.report(identifier(invoice))["status"] == "sent"  # type: ignore[index]
+    assert case.ledger.report(identifier(invoice)).status == "sent"  # type: ignore[union-attr]
     code, output = cli(capsys, "report", "--invoice", invoice["id"])  # nothing more to do
     assert code == 0, output
     assert "unchanged" in output
@@ -199,7 +193,7 @@ def test_force_sends_the_difference_as_a_new_revision_never_the_full_amount_agai
     assert counted_by_stripe(case, invoice) == Decimal("130.5")
     revision = case.ledger.report(correction)
     assert revision is not None
-    assert (revision["status"], revision["value"]) == ("sent", "30.5")
+    assert (revision.status, revision.value) == ("sent", Decimal("30.5"))
 
     code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")  # again: no-op
     assert code == 0, output
@@ -257,14 +251,14 @@ def unknown_outcome(
         case.queue,
         env=NO_GUARD,
         clock=two_days_ago,
-        **({"ledger": first_ledger} if first_ledger else {}),
+        ledger=first_ledger,
     )
     assert run_records(first, case.queue, receive(case.queue))  # retried later
     retry = support.make_worker(case.emulator, case.table, case.queue, env=NO_GUARD)
     assert run_records(retry, case.queue, receive(case.queue))  # PermanentError: not resent
     report = case.ledger.report(identifier(invoice))
     assert report is not None
-    assert (report["status"], report["failure_class"]) == ("failed", OUTCOME_UNKNOWN)
+    assert (report.status, report.failure_class) == ("failed", FailureClass.OUTCOME_UNKNOWN)
 
 
 def test_an_unknown_outcome_is_explained_and_force_sends_it_under_the_next_revision(
@@ -304,11 +298,11 @@ def test_an_unknown_outcome_is_explained_and_force_sends_it_under_the_next_revis
     assert counted_by_stripe(case, invoice) == Decimal(100)
     sent = case.ledger.report(correction)
     assert sent is not None
-    assert (sent["status"], sent["value"]) == ("sent", "100")
+    assert (sent.status, sent.value) == ("sent", Decimal(100))
     after = case.ledger.report(first)
     assert after is not None
     for name in ("status", "failure_class", "value", "timestamp", "send_started_at"):
-        assert after.get(name) == before.get(name), name
+        assert getattr(after, name) == getattr(before, name), name
 
     code, output = cli(capsys, "status", "invoice", invoice["id"])
     assert code == 0, output  # settled: nothing left needs attention

@@ -13,7 +13,6 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.message_visibility import backoff_seconds
 from meterbridge.adapters.stripe_gateway import StripeGateway, UnknownStripeObject
 from meterbridge.adapters.usage_sources import (
     CallableUsageSource,
@@ -22,13 +21,12 @@ from meterbridge.adapters.usage_sources import (
     UsageQuery,
     usage_source_from,
 )
+from meterbridge.domain.retries import backoff_seconds
 from meterbridge.errors import PermanentError, SettingsError, TransientError
 from meterbridge.settings import WorkerSettings, load_settings
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.stripe_emulator import StripeEmulator
-from tests.support.worker import API_KEY, Billing, emulator
-
-__all__ = ["emulator"]
+from tests.support.worker import API_KEY, Billing
 
 
 def _no_dynamodb() -> Any:

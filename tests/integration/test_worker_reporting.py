@@ -8,8 +8,9 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.ledger import OUTCOME_UNKNOWN, Ledger
+from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.domain.invoices import Meter, ServicePeriod
+from meterbridge.domain.records import FailureClass
 from meterbridge.domain.reports import PlannedReport, report_identifier
 from meterbridge.errors import TransientError
 from meterbridge.handlers import worker as worker_module
@@ -22,21 +23,14 @@ from tests.support.worker import (
     USAGE_QUERIES,
     Billing,
     Clock,
-    emulator,
     enqueue,
     failed_ids,
-    fresh_emulator_faults,
     invoice_created,
-    ledger,
-    ledger_table,
     make_worker,
-    queue_url,
     receive_batch,
     subscription_item_of,
     usage_source_down,
 )
-
-__all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
 
 
 def run(
@@ -113,12 +107,14 @@ def test_eligible_invoice_reports_each_line_once_with_the_timestamp_rule(case: W
     assert sent["idempotency_key"] == identifier
     report = ledger.report(identifier)
     assert report is not None
-    assert report["status"] == "sent"
-    assert report["value"] == "1234.5"
-    assert report["invoice_id"] == invoice["id"]
-    assert report["stripe_request_id"].startswith("req_")
-    assert ledger.invoice(invoice["id"])["status"] == "reported"  # type: ignore[index]
-    assert [i["sk"] for i in ledger.invoice_items(invoice["id"])] == ["invoice", "report"]
+    assert report.status == "sent"
+    assert report.value == Decimal("1234.5")
+    assert report.invoice_id == invoice["id"]
+    assert str(report.stripe_request_id).startswith("req_")
+    assert ledger.invoice(invoice["id"]).status == "reported"  # type: ignore[union-attr]
+    view = ledger.invoice_view(invoice["id"])
+    assert view.record is not None
+    assert [r.identifier for r in view.reports] == [identifier]
 
 
 def test_legacy_shape_with_paginated_lines_reports_every_line(case: WorkerCase) -> None:
@@ -162,8 +158,8 @@ def test_ineligible_invoices_are_recorded_as_skipped(
     assert billing.meter_events(customer=setup["customer"]["id"]) == []
     record = ledger.invoice(invoice["id"])
     assert record is not None
-    assert record["status"] == "skipped"
-    assert reason in record["reason"]
+    assert record.status == "skipped"
+    assert reason in str(record.reason)
 
 
 def test_invoice_without_reported_meters_is_skipped(case: WorkerCase) -> None:
@@ -177,7 +173,7 @@ def test_invoice_without_reported_meters_is_skipped(case: WorkerCase) -> None:
     run(worker, queue_url)
 
     assert billing.meter_events(customer=setup["customer"]["id"]) == []
-    assert ledger.invoice(invoice["id"])["status"] == "skipped"  # type: ignore[index]
+    assert ledger.invoice(invoice["id"]).status == "skipped"  # type: ignore[union-attr]
 
 
 def test_duplicate_deliveries_and_two_events_for_one_invoice_send_one_meter_event(
@@ -207,7 +203,7 @@ def test_duplicate_deliveries_and_two_events_for_one_invoice_send_one_meter_even
     statuses = [e["status"] for e in billing.meter_events(identifier)]
     assert statuses.count("accepted") == 1
     assert set(statuses) <= {"accepted", "duplicate"}
-    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier).status == "sent"  # type: ignore[union-attr]
 
 
 class CrashingLedger(Ledger):
@@ -232,7 +228,7 @@ def crash_after_sending(case: WorkerCase) -> tuple[dict[str, Any], str, Clock]:
     )
     assert len(run(crashing, queue_url)["failed"]) == 1
     identifier = identifier_of(invoice)
-    assert ledger.report(identifier)["status"] == "pending"  # type: ignore[index]
+    assert ledger.report(identifier).status == "pending"  # type: ignore[union-attr]
     return invoice, identifier, clock
 
 
@@ -249,9 +245,9 @@ def test_crash_after_stripe_accepted_is_acknowledged_on_retry(case: WorkerCase) 
 
     report = ledger.report(identifier)
     assert report is not None
-    assert report["status"] == "sent"
-    assert report["value"] == "1234.5"  # what Stripe holds, not the recomputed value
-    assert report["attempts"] == 2
+    assert report.status == "sent"
+    assert report.value == Decimal("1234.5")  # what Stripe holds, not the recomputed value
+    assert report.attempts == 2
     assert [e["status"] for e in billing.meter_events(identifier)] == ["accepted"]
 
 
@@ -293,7 +289,7 @@ def test_stripe_errors_are_retried_with_backoff_until_success(case: WorkerCase, 
     assert retried["failed"] == set()
     assert retried["event"]["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
     assert [e["status"] for e in billing.meter_events(identifier)] == ["accepted"]
-    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier).status == "sent"  # type: ignore[union-attr]
 
 
 def test_usage_source_down_then_up(case: WorkerCase) -> None:
@@ -309,11 +305,11 @@ def test_usage_source_down_then_up(case: WorkerCase) -> None:
         usage_source_down(False)
     report = ledger.report(identifier)
     assert report is not None
-    assert (report["status"], report["failure_class"]) == ("failed", "transient")
-    assert "usage warehouse is down" in report["last_error"]
+    assert (report.status, report.failure_class) == ("failed", "transient")
+    assert "usage warehouse is down" in str(report.last_error)
 
     assert run(worker, queue_url)["failed"] == set()
-    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier).status == "sent"  # type: ignore[union-attr]
     assert len(billing.meter_events(identifier)) == 1
 
 
@@ -363,19 +359,19 @@ def test_permanent_errors_are_recorded_with_their_reason(case: WorkerCase, kind:
     assert billing.meter_events(customer=customer_id) == []
     invoice_record = ledger.invoice(invoice["id"])
     assert invoice_record is not None
-    assert invoice_record["status"] == "failed"
+    assert invoice_record.status == "failed"
     expected = {
         "bad_value": "17 significant digits",
         "unknown_customer": "cus_doesnotexist",
         "test_clock_future": "clock_future",
         "no_tenant": "tenant_id",
     }[kind]
-    assert expected in invoice_record["reason"]
+    assert expected in str(invoice_record.reason)
     if kind in {"bad_value", "test_clock_future"}:
         report = ledger.report(identifier_of(invoice))
         assert report is not None
-        assert (report["status"], report["failure_class"]) == ("failed", "permanent")
-        assert expected in report["last_error"]
+        assert (report.status, report.failure_class) == ("failed", "permanent")
+        assert expected in str(report.last_error)
 
 
 def test_a_batch_where_every_record_fails_returns_failures_instead_of_raising(
@@ -409,7 +405,7 @@ def test_zero_usage_is_reported_unless_configured_off(case: WorkerCase) -> None:
         queue_url,
     )
     assert billing.meter_events(identifier_of(skipped)) == []
-    assert ledger.report(identifier_of(skipped))["status"] == "skipped"  # type: ignore[index]
+    assert ledger.report(identifier_of(skipped)).status == "skipped"  # type: ignore[union-attr]
 
 
 def test_report_after_finalization_time_is_recorded_late(case: WorkerCase) -> None:
@@ -419,7 +415,7 @@ def test_report_after_finalization_time_is_recorded_late(case: WorkerCase) -> No
     )
     enqueue(queue_url, invoice_created(invoice))
     run(make_worker(emulator, ledger_table, queue_url), queue_url)
-    assert ledger.report(identifier_of(invoice))["status"] == "late"  # type: ignore[index]
+    assert ledger.report(identifier_of(invoice)).status == "late"  # type: ignore[union-attr]
 
 
 def test_tenant_from_customer_metadata_reaches_the_usage_source(case: WorkerCase) -> None:
@@ -446,7 +442,7 @@ def test_envelope_messages_fetch_the_event_from_stripe(case: WorkerCase) -> None
     event = emulator.seed("event", invoice_created(invoice))
     enqueue(queue_url, event, as_envelope=True)
     assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
-    assert ledger.report(identifier_of(invoice))["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier_of(invoice)).status == "sent"  # type: ignore[union-attr]
 
 
 def test_finalized_invoice_meterbridge_never_saw_is_ignored_without_failing(
@@ -476,7 +472,7 @@ def test_a_redelivered_event_is_recognised_on_its_invoice_before_any_usage_query
     assert len(USAGE_QUERIES) == queries  # recognised before any work
     recorded = ledger.invoice(invoice["id"])
     assert recorded is not None
-    assert recorded["created_events"] == {event["id"]}
+    assert recorded.created_events == {event["id"]}
     assert not ledger.event_seen(event["id"], int(time.time()))  # no separate event item
     assert len(billing.meter_events(identifier_of(invoice))) == 1
 
@@ -507,14 +503,14 @@ def test_a_retry_claims_first_so_reports_already_sent_cost_no_usage_query(
         ledger=ThrottledOnce(ledger_table, boto3.client("dynamodb")),
     )
     assert len(run(throttled, queue_url)["failed"]) == 1
-    assert ledger.report(identifier_of(invoice))["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier_of(invoice)).status == "sent"  # type: ignore[union-attr]
     assert ledger.report(second) is None
 
     del USAGE_QUERIES[:]
     assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
     assert [query.meter for query in USAGE_QUERIES] == [other_meter["event_name"]]
-    assert ledger.report(second)["status"] == "sent"  # type: ignore[index]
-    assert ledger.report(second)["value"] == "7"  # type: ignore[index]
+    assert ledger.report(second).status == "sent"  # type: ignore[union-attr]
+    assert ledger.report(second).value == Decimal(7)  # type: ignore[union-attr]
     assert len(billing.meter_events(identifier_of(invoice))) == 1
 
 
@@ -535,12 +531,12 @@ def test_reports_not_started_before_the_invocation_ends_are_left_for_the_retry(
     assert billing.meter_events(identifier) == []
     recorded = ledger.invoice(invoice["id"])
     assert recorded is not None
-    assert recorded["status"] == "failed"
-    assert "out of invocation time" in recorded["reason"]
-    assert "created_events" not in recorded  # not done: the retry must run
+    assert recorded.status == "failed"
+    assert "out of invocation time" in str(recorded.reason)
+    assert not recorded.created_events  # not done: the retry must run
 
     assert run(worker, queue_url)["failed"] == set()
-    assert ledger.report(identifier)["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier).status == "sent"  # type: ignore[union-attr]
     assert len(billing.meter_events(identifier)) == 1
 
 
@@ -557,15 +553,15 @@ def test_an_unknown_outcome_is_not_sent_again_once_stripe_may_have_forgotten_it(
     assert len(run(worker, queue_url)["failed"]) == 1  # on its way to the DLQ, and alarmed
     report = ledger.report(identifier)
     assert report is not None
-    assert (report["status"], report["failure_class"]) == ("failed", OUTCOME_UNKNOWN)
-    assert "outcome is unknown" in report["last_error"]
-    assert "meterbridge report" in report["last_error"]
-    attempts = report["attempts"]
+    assert (report.status, report.failure_class) == ("failed", FailureClass.OUTCOME_UNKNOWN)
+    assert "outcome is unknown" in str(report.last_error)
+    assert "meterbridge report" in str(report.last_error)
+    attempts = report.attempts
 
     # Closed like a Stripe rejection: a later replay leaves it to the operator untouched.
     assert run(worker, queue_url)["failed"] == set()
-    assert ledger.report(identifier)["attempts"] == attempts  # type: ignore[index]
-    assert ledger.report(identifier)["failure_class"] == OUTCOME_UNKNOWN  # type: ignore[index]
+    assert ledger.report(identifier).attempts == attempts  # type: ignore[union-attr]
+    assert ledger.report(identifier).failure_class == FailureClass.OUTCOME_UNKNOWN  # type: ignore[union-attr]
     assert len(billing.meter_events(identifier)) == 1  # the first attempt's, never repeated
 
 
@@ -588,7 +584,9 @@ def test_a_permanent_refusal_clears_the_send_marker_a_transient_one_keeps_it(
         claim = ledger.claim_new(plan, Decimal(5), 1_999, now=10_000, lease_seconds=60)
         assert claim is not None
         assert claim.send_started_at == 10_000
-        ledger.mark_failed(claim, failure_class=failure_class, reason="refused", now=10_001)
+        ledger.mark_failed(
+            claim, failure_class=FailureClass(failure_class), reason="refused", now=10_001
+        )
 
         again = ledger.claim(plan, now=10_000 + 3 * DAY, lease_seconds=60)
         assert again is not None
@@ -624,8 +622,8 @@ def test_one_report_costs_four_ledger_round_trips(
     assert calls == expected
     recorded = ledger.invoice(invoice["id"])
     assert recorded is not None
-    assert recorded["status"] == "reported"
-    assert ("confirmation_scheduled_at" in recorded) is (guard == "confirm")
+    assert recorded.status == "reported"
+    assert (recorded.confirmation_scheduled_at is not None) is (guard == "confirm")
 
 
 def test_without_a_tenant_key_the_customer_is_not_read(case: WorkerCase) -> None:
@@ -635,11 +633,11 @@ def test_without_a_tenant_key_the_customer_is_not_read(case: WorkerCase) -> None
     invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
     enqueue(queue_url, invoice_created(invoice))
     worker = make_worker(emulator, ledger_table, queue_url)
-    worker.reporter.gateway.price(setup["price"]["id"])  # warm, as in a warm container
-    worker.reporter.gateway.meter(setup["meter"]["id"])
+    worker.pipeline.stripe.price(setup["price"]["id"])  # warm, as in a warm container
+    worker.pipeline.stripe.meter(setup["meter"]["id"])
     emulator.set_faults(error_rate_5xx=1.0, fault_paths=("/v1/customers",))
     try:
         assert run(worker, queue_url)["failed"] == set()
     finally:
         emulator.set_faults(error_rate_5xx=0.0, fault_paths=())
-    assert ledger.report(identifier_of(invoice))["status"] == "sent"  # type: ignore[index]
+    assert ledger.report(identifier_of(invoice)).status == "sent"  # type: ignore[union-attr]

@@ -4,7 +4,7 @@ against the Stripe billing emulator: what reached "Stripe" is read from its reco
 from collections import Counter
 from typing import Any
 
-from meterbridge.adapters.ledger import Ledger
+from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
@@ -12,17 +12,10 @@ from tests.support.worker import (
     USAGE,
     Billing,
     direct_batch,
-    emulator,
     failed_ids,
-    fresh_emulator_faults,
     invoice_created,
-    ledger,
-    ledger_table,
     make_worker,
-    queue_url,
 )
-
-__all__ = ["emulator", "fresh_emulator_faults", "ledger", "ledger_table", "queue_url"]
 
 
 def renewals(billing: Billing, count: int) -> tuple[list[dict[str, Any]], str]:
@@ -80,8 +73,8 @@ def test_v2_streams_up_to_100_events_per_request_exactly_once(
     assert sum(sizes) == 120
     for invoice, event in zip(invoices, sent, strict=False):
         assert event["payload"]["value"] == "7"
-        assert ledger.invoice(invoice["id"])["status"] == "reported"  # type: ignore[index]
-    statuses = {r["status"] for i in invoices for r in ledger.invoice_reports(i["id"])}
+        assert ledger.invoice(invoice["id"]).status == "reported"  # type: ignore[union-attr]
+    statuses = {r.status for i in invoices for r in ledger.invoice_reports(i["id"])}
     assert statuses == {"sent"}
 
 
@@ -104,15 +97,15 @@ def test_v2_stream_errors_fail_every_report_of_the_request_then_retry(
         fresh_emulator_faults.set_faults(meter_event_rate_limit=None)
     assert billing.meter_events(customer=customer) == []
     reports = [r for i in invoices for r in ledger.invoice_reports(i["id"])]
-    assert {(r["status"], r["failure_class"]) for r in reports} == {("failed", "transient")}
-    assert all("429" in r["last_error"] for r in reports)
+    assert {(r.status, r.failure_class) for r in reports} == {("failed", "transient")}
+    assert all("429" in str(r.last_error) for r in reports)
 
     until_done(worker, batch)
 
     sent = billing.meter_events(customer=customer)
     assert [e["status"] for e in sent] == ["accepted"] * 3
     assert len({e["identifier"] for e in sent}) == 3
-    assert {r["status"] for i in invoices for r in ledger.invoice_reports(i["id"])} == {"sent"}
+    assert {r.status for i in invoices for r in ledger.invoice_reports(i["id"])} == {"sent"}
 
 
 def test_rate_limit_is_found_without_a_429_storm(
@@ -135,7 +128,7 @@ def test_rate_limit_is_found_without_a_429_storm(
     sent = billing.meter_events(customer=customer)
     assert [e["status"] for e in sent] == ["accepted"] * 60
     assert len({e["identifier"] for e in sent}) == 60
-    limiter = worker.reporter.gateway.meter_event_limiter
+    limiter = worker.pipeline.stripe.meter_event_limiter  # type: ignore[attr-defined]
     assert limiter.ceiling is not None  # it met the limit and slowed down
     assert limiter.requests == 60 + limiter.rate_limited  # every 429 was retried once paced
     assert limiter.rate_limited <= 0.25 * limiter.requests  # no storm

@@ -15,11 +15,10 @@ import boto3
 import stripe
 
 from meterbridge.handlers import worker as worker_module
-from meterbridge.messages import EventEnvelope, message_attributes
 from meterbridge_local.lambda_runtime import sqs_record
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
-from tests.support.worker import USAGE, WORKER_QUEUE_ARN, Billing, failed_ids
+from tests.support.worker import USAGE, WORKER_QUEUE_ARN, Billing, enqueue, failed_ids
 
 DAY = 86_400
 HOUR = 3600
@@ -28,18 +27,6 @@ HOUR = 3600
 def plain(document: Any) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(json.dumps(document, default=str))
     return result
-
-
-def enqueue_document(queue_url: str, event: dict[str, Any]) -> None:
-    envelope = EventEnvelope.from_event(event)
-    boto3.client("sqs").send_message(
-        QueueUrl=queue_url,
-        MessageBody=json.dumps(event),
-        MessageAttributes={
-            name: {"DataType": "String", "StringValue": value}
-            for name, value in message_attributes(envelope, "event").items()
-        },
-    )
 
 
 def receive(queue_url: str, *, wait_seconds: int = 2) -> list[dict[str, Any]]:
@@ -135,7 +122,7 @@ class GuardWorld:
         raise AssertionError(f"no {event_type} event for {invoice_id}")
 
     def deliver(self, event_type: str, renewal: Renewal) -> None:
-        enqueue_document(self.queue_url, self.event(event_type, renewal.invoice["id"]))
+        enqueue(self.queue_url, self.event(event_type, renewal.invoice["id"]))
 
     def thin_events(self, event_type: str) -> list[dict[str, Any]]:
         """Thin notifications as Stripe would deliver them (no `data`)."""

@@ -3,26 +3,27 @@
 Everything goes over HTTP: the real stripe SDK to the emulator, the real boto3 to moto.
 """
 
+import dataclasses
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import boto3
-import pytest
 import stripe
 
-from meterbridge.adapters.ledger import Ledger, create_ledger_table
-from meterbridge.adapters.usage_sources import UsageQuery
+from meterbridge.adapters.queue import SqsQueue
+from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
 from meterbridge.errors import TransientError
-from meterbridge.handlers.worker import Worker, build_worker
+from meterbridge.handlers.worker import Worker
 from meterbridge.messages import EventEnvelope, envelope_body, message_attributes
-from meterbridge_local.aws import MotoServer
+from meterbridge.worker.composition import build_pipeline, connect, worker_settings
+from meterbridge.worker.ports import Ledger, Stripe
 from meterbridge_local.lambda_runtime import sqs_record
-from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
+from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.stripe_events import snapshot_event
 
 # The queue the worker's event source mapping reads, as Lambda names it in each record.
@@ -54,44 +55,6 @@ def usage_source_down(down: bool) -> None:
         _usage_down.clear()
 
 
-# --- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[StripeEmulator]:
-    with StripeEmulator(EmulatorConfig()).start() as emu:
-        yield emu
-
-
-@pytest.fixture
-def fresh_emulator_faults(emulator: StripeEmulator) -> Iterator[StripeEmulator]:
-    yield emulator
-    emulator.set_faults(error_rate_5xx=0.0, error_rate_429=0.0, latency_seconds=0.0)
-
-
-@pytest.fixture(scope="module")
-def ledger_table(aws: MotoServer) -> str:
-    name = f"ledger-{uuid.uuid4().hex[:8]}"
-    create_ledger_table(boto3.client("dynamodb"), name)
-    return name
-
-
-@pytest.fixture
-def ledger(ledger_table: str) -> Ledger:
-    return Ledger(ledger_table, boto3.client("dynamodb"))
-
-
-@pytest.fixture
-def queue_url(aws: MotoServer) -> str:
-    sqs = boto3.client("sqs")
-    return str(sqs.create_queue(QueueName=f"worker-{uuid.uuid4().hex[:12]}")["QueueUrl"])
-
-
-@pytest.fixture
-def billing(emulator: StripeEmulator) -> "Billing":
-    return Billing(emulator)
-
-
 def worker_environment(
     emulator: StripeEmulator, ledger_table: str, queue_url: str, **extra: str
 ) -> dict[str, str]:
@@ -109,10 +72,30 @@ def worker_environment(
 
 
 def make_worker(
-    emulator: StripeEmulator, ledger_table: str, queue_url: str, **overrides: Any
+    emulator: StripeEmulator,
+    ledger_table: str,
+    queue_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    ledger: Ledger | None = None,
+    stripe: Stripe | None = None,
+    clock: Callable[[], float] | None = None,
+    usage_source: UsageSource | None = None,
+    dynamodb: Any = None,
 ) -> Worker:
-    environ = worker_environment(emulator, ledger_table, queue_url, **overrides.pop("env", {}))
-    return build_worker(environ, **overrides)
+    """The worker as deployed (the composition root), with some dependencies replaced."""
+    settings = worker_settings(worker_environment(emulator, ledger_table, queue_url, **(env or {})))
+    dependencies = connect(settings, dynamodb=dynamodb)
+    replaced: dict[str, Any] = {
+        "ledger": ledger,
+        "stripe": stripe,
+        "clock": clock,
+        "usage_source": usage_source,
+    }
+    dependencies = dataclasses.replace(
+        dependencies, **{name: value for name, value in replaced.items() if value is not None}
+    )
+    return Worker.from_pipeline(build_pipeline(settings, dependencies))
 
 
 # --- Stripe objects -----------------------------------------------------------------------
@@ -256,18 +239,11 @@ def invoice_created(invoice: dict[str, Any]) -> dict[str, Any]:
 
 
 def enqueue(queue_url: str, event: dict[str, Any], *, as_envelope: bool = False) -> None:
+    """Queue a Stripe event as the webhook does (the same SQS adapter and attributes)."""
     envelope = EventEnvelope.from_event(event)
     body = envelope_body(envelope) if as_envelope else json.dumps(event)
-    boto3.client("sqs").send_message(
-        QueueUrl=queue_url,
-        MessageBody=body,
-        MessageAttributes={
-            name: {"DataType": "String", "StringValue": value}
-            for name, value in message_attributes(
-                envelope, "envelope" if as_envelope else "event"
-            ).items()
-        },
-    )
+    attributes = message_attributes(envelope, "envelope" if as_envelope else "event")
+    SqsQueue(queue_url, boto3.client("sqs")).send(body, attributes)
 
 
 def receive_batch(queue_url: str, expected: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ recorded so an operator sees which case it is.
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
 from typing import Literal
 
 from meterbridge.domain.invoices import ServicePeriod
@@ -114,3 +115,71 @@ def confirmation_at_risk(
 ) -> bool:
     """Unconfirmed usage is an emergency once the draft finalizes within the margin."""
     return finalizes_at is not None and finalizes_at - invoice_now <= margin_seconds
+
+
+class NextStep(StrEnum):
+    """What a confirmation check does once it has looked at Stripe's aggregates."""
+
+    HAND_OVER = "hand_over"  # no longer a draft: reconciliation takes over
+    RELEASE = "release"  # held, and every report is confirmed
+    RELEASE_AT_LIMIT = "release_at_limit"  # held, unconfirmed, and the hold limit has come
+    DONE = "done"  # not held, and every report is confirmed
+    ABANDON = "abandon"  # not held, and the checks are exhausted
+    CHECK_AGAIN = "check_again"
+
+
+@dataclass(frozen=True)
+class CheckState:
+    """One check's view of an invoice, as the decision needs it."""
+
+    draft: bool
+    held: bool  # held by meterbridge, and Stripe still says auto_advance=false
+    all_confirmed: bool
+    checks_done: int
+    max_checks: int
+    invoice_now: int  # the invoice's clock
+    hold_deadline: int | None = None
+    finalizes_at: int | None = None  # None while held: Stripe will not finalize it
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: NextStep
+    delay_seconds: int | None = None  # for CHECK_AGAIN
+
+
+def decide_after_check(
+    state: CheckState,
+    *,
+    base_seconds: int,
+    max_seconds: int,
+    margin_seconds: int,
+) -> Decision:
+    """The next step after a check: release, stop, or look again — and when."""
+    if not state.draft:
+        return Decision(NextStep.HAND_OVER)
+    if state.held:
+        if state.all_confirmed:
+            return Decision(NextStep.RELEASE)
+        if state.hold_deadline is not None and state.invoice_now >= state.hold_deadline:
+            return Decision(NextStep.RELEASE_AT_LIMIT)
+    elif state.all_confirmed:
+        return Decision(NextStep.DONE)
+    elif state.checks_done >= state.max_checks:
+        return Decision(NextStep.ABANDON)
+    until_margin = (
+        state.finalizes_at - margin_seconds - state.invoice_now
+        if state.finalizes_at is not None
+        else None
+    )
+    until_hold = (
+        state.hold_deadline - state.invoice_now if state.held and state.hold_deadline else None
+    )
+    delay = next_check_delay(
+        state.checks_done,
+        base_seconds=base_seconds,
+        max_seconds=max_seconds,
+        until_margin=until_margin,
+        until_hold_limit=until_hold,
+    )
+    return Decision(NextStep.CHECK_AGAIN, delay)

@@ -74,6 +74,8 @@ class Meter(BaseModel):
     customer_payload_key: str = "stripe_customer_id"
     value_payload_key: str = "value"
     status: str = "active"
+    formula: str = "sum"  # default_aggregation.formula: sum | count | last
+    event_time_window: str | None = None  # hour | day: pre-aggregation windows
 
     @classmethod
     def from_stripe(cls, meter: Mapping[str, Any]) -> "Meter":
@@ -84,6 +86,8 @@ class Meter(BaseModel):
             or "stripe_customer_id",
             value_payload_key=_dig(meter, "value_settings", "event_payload_key") or "value",
             status=meter.get("status") or "active",
+            formula=_dig(meter, "default_aggregation", "formula") or "sum",
+            event_time_window=meter.get("event_time_window") or None,
         )
 
 

@@ -1,65 +1,49 @@
-"""SQS → worker: each record is one Stripe event; failures come back as batch item failures.
+"""SQS → worker: each record is one Stripe event or one of the worker's own confirmation
+checks; failures come back as batch item failures.
 
-Records of a batch run in a bounded thread pool so Stripe's latency overlaps (reports are
-I/O-bound). Every failed record is reported in `batchItemFailures` — also when all of them
-fail, so the invocation itself never errors into a whole-batch retry storm. Transient
-failures are delayed with a growing visibility timeout; permanent ones are recorded in the
-ledger and keep failing until the queue's maxReceiveCount moves them to the dead-letter
-queue, where an operator replays them after the fix.
+The one router of the worker: (body kind, event type) → the step that handles it
+(functions/meterbridge/worker/). Records of a batch run in a bounded thread pool so
+Stripe's latency overlaps (reports are I/O-bound). Every failed record is reported in
+`batchItemFailures` — also when all of them fail, so the invocation itself never errors
+into a whole-batch retry storm. Transient failures are delayed with a growing visibility
+timeout; permanent ones are recorded in the ledger and keep failing until the queue's
+maxReceiveCount moves them to the dead-letter queue, where an operator replays them.
 """
 
-import os
+import asyncio
+import json
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 from pydantic import ValidationError
 
-from meterbridge.adapters.confirm_queue import SqsConfirmQueue
-from meterbridge.adapters.ledger import Ledger
-from meterbridge.adapters.message_visibility import SqsMessageVisibility, backoff_seconds
-from meterbridge.adapters.secrets import EnvironmentSecrets, secret_source
-from meterbridge.adapters.stripe_gateway import StripeGateway
-from meterbridge.adapters.usage_sources import usage_source_from
-from meterbridge.errors import PermanentError, SettingsError
-from meterbridge.guard import GuardPolicy, InvoiceGuard
-from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, read_body, read_confirm
-from meterbridge.observability import logger, metrics, tracer
-from meterbridge.reporting import EventOutcome, ReportingPolicy, UsageReporter, count
-from meterbridge.settings import WorkerSettings, load_settings
+from meterbridge.domain.retries import backoff_seconds
+from meterbridge.errors import PermanentError
+from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, EventEnvelope, read_body, read_confirm
+from meterbridge.observability import count, logger, metrics, tracer
+from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
+from meterbridge.worker.reporting import EventOutcome
 
-
-class ConcurrentBatchProcessor(BatchProcessor):
-    """Powertools' SQS BatchProcessor, with records processed by a bounded thread pool.
-
-    Powertools runs records one after another; its success/failure bookkeeping only
-    appends to lists, which is safe from threads, so only `process` changes.
-    """
-
-    def __init__(self, pool: ThreadPoolExecutor | None):
-        super().__init__(EventType.SQS, raise_on_entire_batch_failure=False)
-        self._pool = pool
-
-    def process(self) -> list[tuple[Any, ...]]:
-        records = list(self.records)
-        if len(records) <= 1 or self._pool is None:
-            return super().process()
-        return list(self._pool.map(self._process_record, records))
+INVOICE_CREATED = "invoice.created"
+INVOICE_FINALIZED = "invoice.finalized"
+# Thin events: Stripe's asynchronous verdicts on meter events already accepted with a 200.
+METER_ERROR_EVENT_TYPES = frozenset(
+    {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
+)
 
 
 @dataclass
 class Worker:
     """Everything one container needs, built once at cold start."""
 
-    reporter: UsageReporter
-    visibility: SqsMessageVisibility | None
+    pipeline: Pipeline
     concurrency: int
     backoff_base_seconds: int = 30
     backoff_max_seconds: int = 900
@@ -71,22 +55,37 @@ class Worker:
     def __post_init__(self) -> None:
         # One pool per container, not per batch: its threads (and what they keep, such as
         # connections) live on across warm invocations.
-        self._pool = (
-            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="record")
-            if self.concurrency > 1
-            else None
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="record")
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline) -> "Worker":
+        settings = pipeline.settings
+        return cls(
+            pipeline=pipeline,
+            concurrency=settings.batch_concurrency,
+            backoff_base_seconds=settings.retry_backoff_base_seconds,
+            backoff_max_seconds=settings.retry_backoff_max_seconds,
+            # One usage query and one Stripe call with the SDK's retries, and ledger writes.
+            time_margin_seconds=settings.usage_source_timeout_seconds
+            + settings.stripe_timeout_seconds * (1 + settings.stripe_max_network_retries)
+            + 2,
         )
 
     def handle_batch(
         self, event: dict[str, Any], context: LambdaContext | None = None
     ) -> PartialItemFailureResponse:
+        """Powertools' AsyncBatchProcessor (its public API) runs the records concurrently;
+        each record's blocking work runs in the container's thread pool, at most
+        `concurrency` at a time."""
         deadline = self._deadline(context)
-        processor = ConcurrentBatchProcessor(self._pool)
-        with processor(
-            records=event.get("Records", []),
-            handler=lambda record: self.handle_record(record, deadline),
-        ):
-            processor.process()
+
+        async def handle(record: SQSRecord) -> str:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self.handle_record, record, deadline)
+
+        processor = AsyncBatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)
+        with processor(records=event.get("Records", []), handler=handle):
+            processor.async_process()
         return processor.response()
 
     def _deadline(self, context: LambdaContext | None) -> float | None:
@@ -111,9 +110,7 @@ class Worker:
                 raise PermanentError(
                     f"message {record.message_id} is not a Stripe event"
                 ) from error
-            outcome: EventOutcome = self.reporter.handle(
-                envelope, full_event, retry=attempt > 1, deadline=deadline
-            )
+            return self.route(envelope, full_event, retry=attempt > 1, deadline=deadline).result
         except PermanentError as error:
             count("PermanentFailures")
             logger.error(
@@ -137,109 +134,67 @@ class Worker:
             )
             self._delay(record, delay)
             raise
-        return outcome.result
+
+    def route(
+        self,
+        envelope: EventEnvelope,
+        event: dict[str, Any] | None,
+        *,
+        retry: bool = False,
+        deadline: float | None = None,
+    ) -> EventOutcome:
+        """One Stripe event → its step. invoice.created events are remembered on their
+        invoice's record; the others in the ledger's event memory."""
+        pipeline = self.pipeline
+        if envelope.type == INVOICE_CREATED:
+            return pipeline.reporting.on_invoice_created(
+                envelope, event, retry=retry, deadline=deadline
+            )
+        now = pipeline.now()
+        if pipeline.ledger.event_seen(envelope.id, now):
+            count("DuplicateEvents")
+            return EventOutcome(envelope.id, envelope.type, "duplicate_event")
+        if envelope.type == INVOICE_FINALIZED:
+            if event is None:
+                event = pipeline.stripe.event(envelope.id)
+            document = (event.get("data") or {}).get("object")
+            if not isinstance(document, dict):
+                raise PermanentError(f"event {envelope.id} carries no invoice")
+            result = pipeline.reconciliation.reconcile(document, now)
+            outcome = EventOutcome(envelope.id, envelope.type, result)
+        elif envelope.type in METER_ERROR_EVENT_TYPES:
+            # The queued body is the thin notification as Stripe signed it (already verified).
+            notification = json.dumps(event) if event is not None else None
+            matched = pipeline.meter_errors.record(envelope.id, notification, now)
+            outcome = EventOutcome(envelope.id, envelope.type, "meter_errors_recorded")
+            outcome.reason = f"{matched} report(s) marked failed"
+        else:
+            logger.info("event type ignored", extra={"stripe_event_type": envelope.type})
+            outcome = EventOutcome(envelope.id, envelope.type, "ignored")
+        pipeline.ledger.remember_event(
+            envelope.id, envelope.type, now, pipeline.reporting_policy.event_memory_seconds
+        )
+        return outcome
 
     def _confirm(self, record: SQSRecord) -> str:
-        """A delayed confirmation check the worker queued itself (InvoiceGuard.check)."""
-        guard = self.reporter.guard
+        """A delayed confirmation check the worker queued itself (worker/confirmation.py)."""
         try:
             request = read_confirm(record.body)
         except (ValueError, KeyError, TypeError, ValidationError) as error:
             raise PermanentError(f"message {record.message_id} is no confirm request") from error
-        if guard is None:
-            return "ignored"
-        outcome = guard.check(request, int(self.reporter.clock()))
+        outcome = self.pipeline.confirmation.check(request, self.pipeline.now())
         return "released" if outcome.released else "checked"
 
     def _delay(self, record: SQSRecord, seconds: int) -> None:
-        if self.visibility is not None:
-            self.visibility.delay(record.receipt_handle, seconds)
+        visibility = self.pipeline.dependencies.visibility
+        if visibility is not None:
+            visibility.delay(record.receipt_handle, seconds)
 
 
-def build_worker(environ: dict[str, str] | None = None, **overrides: Any) -> Worker:
-    """Wire the worker from settings; a missing variable fails here, naming it."""
-    settings = load_settings(WorkerSettings, os.environ if environ is None else environ)
-    source = secret_source(settings)
-    if isinstance(source, EnvironmentSecrets):
-        source = EnvironmentSecrets(settings, usage_source_token=settings.usage_source_token)
-    secrets = source.stripe_secrets()
-    if not secrets.api_key:
-        raise SettingsError("the Stripe secret has no api_key")
-    # Parameter validation off: the ledger builds every request itself, and DynamoDB
-    # validates them anyway; botocore's check cost ~10 % of the worker's CPU per report.
-    pool = Config(
-        max_pool_connections=max(10, settings.batch_concurrency * 2), parameter_validation=False
-    )
-    dynamodb: Any = overrides.get("dynamodb") or boto3.client("dynamodb", config=pool)
-    gateway = overrides.get("gateway") or StripeGateway(
-        secrets.api_key,
-        api_base=settings.stripe_api_base,
-        timeout_seconds=settings.stripe_timeout_seconds,
-        max_network_retries=settings.stripe_max_network_retries,
-        rate_limit_retries=settings.stripe_rate_limit_retries,
-        pool_size=settings.batch_concurrency,
-        meter_event_api=settings.meter_event_api,
-        meter_event_rate=settings.meter_event_rate,
-        stream_linger_seconds=settings.stream_linger_seconds,
-    )
-    usage_source = overrides.get("usage_source") or usage_source_from(
-        settings.usage_source,
-        timeout_seconds=settings.usage_source_timeout_seconds,
-        token=secrets.usage_source_token,
-        dynamodb=lambda: dynamodb,
-    )
-    ledger = overrides.get("ledger") or Ledger(settings.ledger_table, dynamodb)
-    clock = overrides.get("clock")
-    mode = settings.invoice_guard
-    if mode != "off" and not settings.queue_url:
-        logger.warning(
-            "INVOICE_GUARD needs QUEUE_URL for its delayed checks: only reconciliation and"
-            " meter error reports run",
-            extra={"invoice_guard": mode},
-        )
-        mode = "off"
-    guard = InvoiceGuard(
-        gateway=gateway,
-        ledger=ledger,
-        queue=overrides.get("confirm_queue")
-        or (SqsConfirmQueue(settings.queue_url) if settings.queue_url else None),
-        policy=GuardPolicy(
-            mode=mode,
-            hold_limit_seconds=settings.hold_limit_seconds,
-            confirmation_margin_seconds=settings.confirmation_margin_seconds,
-            confirm_delay_seconds=settings.confirm_delay_seconds,
-            confirm_max_delay_seconds=settings.confirm_max_delay_seconds,
-            confirm_max_checks=settings.confirm_max_checks,
-            grace_period_seconds=settings.grace_period_seconds,
-        ),
-    )
-    reporter = UsageReporter(
-        gateway=gateway,
-        ledger=ledger,
-        usage_source=usage_source,
-        policy=ReportingPolicy(
-            billing_reasons=settings.billing_reasons,
-            meter_event_names=settings.meter_event_names,
-            report_zero_usage=settings.report_zero_usage,
-            grace_period_seconds=settings.grace_period_seconds,
-            tenant_metadata_key=settings.tenant_metadata_key,
-            lease_seconds=settings.report_lease_seconds,
-            event_memory_seconds=settings.event_memory_seconds,
-        ),
-        **({"clock": clock} if clock is not None else {}),
-        guard=guard,
-    )
-    return Worker(
-        reporter=reporter,
-        visibility=SqsMessageVisibility(settings.queue_url) if settings.queue_url else None,
-        concurrency=settings.batch_concurrency,
-        backoff_base_seconds=settings.retry_backoff_base_seconds,
-        backoff_max_seconds=settings.retry_backoff_max_seconds,
-        # One usage query and one Stripe call with the SDK's retries, and the ledger writes.
-        time_margin_seconds=settings.usage_source_timeout_seconds
-        + settings.stripe_timeout_seconds * (1 + settings.stripe_max_network_retries)
-        + 2,
-    )
+def build_worker(environ: Mapping[str, str] | None = None) -> Worker:
+    """The deployed worker: settings from the environment, the real adapters."""
+    settings = worker_settings(environ)
+    return Worker.from_pipeline(build_pipeline(settings, connect(settings)))
 
 
 _worker: Worker | None = None

@@ -12,6 +12,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any, TextIO
 
+from meterbridge.domain.records import InvoiceStatus, ReportStatus
 from meterbridge_local.ledger_reader import LedgerReader, LedgerUnavailable
 from meterbridge_local.ops import render
 from meterbridge_local.ops.config import (
@@ -151,14 +152,14 @@ def why_dead(letter: DeadLetter, reader: LedgerReader | None) -> str:
         view = reader.invoice(letter.invoice_id)
     except LedgerUnavailable as error:
         return f"(ledger unreadable: {error})"
-    record = view.record or {}
-    failed = [r for r in view.reports if r.get("status") == "failed" and r.get("last_error")]
-    if record.get("status") == "failed" and record.get("reason"):
-        return str(record["reason"])
+    record = view.record
+    failed = [r for r in view.reports if r.status is ReportStatus.FAILED and r.last_error]
+    if record is not None and record.status is InvoiceStatus.FAILED and record.reason:
+        return record.reason
     if failed:
-        return str(failed[0]["last_error"])
-    if record.get("status"):
-        return f"ledger: invoice {record['status']} since (replaying is harmless)"
+        return str(failed[0].last_error)
+    if record is not None and record.status is not None:
+        return f"ledger: invoice {record.status.value} since (replaying is harmless)"
     return (
         "no ledger record: it failed before reporting began (Stripe or the ledger"
         f" unreachable, settings); see the worker's logs for message {letter.message_id}"

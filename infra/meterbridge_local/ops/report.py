@@ -1,14 +1,14 @@
 """Re-run reporting for one invoice, and correct a report that was sent with a wrong value.
 
-Everything runs through the worker's own reporter, built by the worker's `build_worker`
-from the same settings: plain re-runs are `UsageReporter.report_invoice` (what is already
-sent stays sent, what failed or never ran is reported now), with the invoice guard when
-QUEUE_URL is set, so re-sent reports get confirmation checks like any other. A correction
+Everything runs through the worker's own pipeline, built by the worker's composition root
+from the same settings: plain re-runs are `InvoiceReporting.report_invoice` (what is
+already sent stays sent, what failed or never ran is reported now), with the invoice guard
+when QUEUE_URL is set, so re-sent reports get confirmation checks like any other. A correction
 (`--force`) cannot re-send the same identifier — Stripe would call it a duplicate, or,
 after 24 h, count it twice — so it sends the *difference* between the usage source's
 value now and what the ledger says Stripe already counts, as a new report with the next
 revision identifier (`report_identifier(..., revision=n)`), claimed and sent by the
-worker's `report_plan`, so a retried correction is never sent twice. Deltas only add up
+worker's `ReportSender`, so a retried correction is never sent twice. Deltas only add up
 on meters whose formula is `sum` without pre-aggregation windows; others are refused.
 """
 
@@ -21,19 +21,17 @@ from typing import Any
 
 import boto3
 
-from meterbridge.adapters.ledger import DONE_STATUSES
 from meterbridge.adapters.stripe_gateway import UnknownStripeObject
-from meterbridge.adapters.usage_sources import CallableUsageSource
 from meterbridge.domain.invoices import Invoice, Meter
+from meterbridge.domain.records import InvoiceChanges
 from meterbridge.domain.reports import PlannedReport, report_identifier
 from meterbridge.errors import PermanentError, SettingsError, TransientError
-from meterbridge.handlers.worker import build_worker
-from meterbridge.reporting import EventOutcome, UsageReporter
-from meterbridge.settings import WorkerSettings, load_settings
-from meterbridge_local.ledger_reader import LedgerReader, is_closed_failure
+from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
+from meterbridge.worker.invoices import parse_invoice
+from meterbridge.worker.reporting import EventOutcome
+from meterbridge.worker.sending import SendResult
+from meterbridge_local.ledger_reader import LedgerReader
 from meterbridge_local.ops.config import OperatorError
-
-INVOICE_GUARD = "INVOICE_GUARD"
 
 
 @dataclass
@@ -68,9 +66,9 @@ class ReportRun:
 
 @dataclass
 class ReportingTools:
-    """The deployed worker's reporter (and guard), plus the operator's ledger reader."""
+    """The deployed worker's pipeline, plus the operator's ledger reader."""
 
-    reporter: UsageReporter
+    pipeline: Pipeline
     reader: LedgerReader
     guard_note: str | None = None  # why this run schedules no confirmation checks
 
@@ -81,47 +79,50 @@ def reporting_tools(environ: Mapping[str, str] | None = None) -> ReportingTools:
     environ = dict(os.environ if environ is None else environ)
     note = None
     try:
-        settings = load_settings(WorkerSettings, environ)
+        settings = worker_settings(environ)
         if settings.invoice_guard != "off" and not settings.queue_url:
             # The worker would log a warning and run without checks; say it plainly instead.
-            environ[INVOICE_GUARD] = "off"
             note = (
                 f"INVOICE_GUARD={settings.invoice_guard} needs QUEUE_URL (the event queue):"
                 " no confirmation checks scheduled for this run"
             )
+            settings = settings.model_copy(update={"invoice_guard": "off"})
         dynamodb = boto3.client("dynamodb")
         reader = LedgerReader(settings.ledger_table, dynamodb)
-        worker = build_worker(environ, dynamodb=dynamodb, ledger=reader.ledger)
+        dependencies = dataclasses.replace(
+            connect(settings, dynamodb=dynamodb), ledger=reader.ledger
+        )
+        pipeline = build_pipeline(settings, dependencies)
     except (SettingsError, TransientError, PermanentError) as error:
         raise OperatorError(f"worker settings: {error}") from error
-    return ReportingTools(worker.reporter, reader, note)
+    return ReportingTools(pipeline, reader, note)
 
 
 class InvoiceReRun:
     def __init__(self, tools: ReportingTools):
         self._tools = tools
-        self._reporter = tools.reporter
+        self._pipeline = tools.pipeline
 
     def run(self, invoice_id: str, *, force: bool = False) -> ReportRun:
         document = self._invoice(invoice_id)
-        invoice = Invoice.model_validate(document)
+        invoice = parse_invoice(document)
         if invoice.status != "draft":
             raise OperatorError(
                 f"invoice {invoice_id} is {invoice.status!r}, not a draft: Stripe no longer adds"
                 " usage to it. Correct it with an invoice item or credit note instead."
             )
-        now = int(self._reporter.clock())
+        now = self._pipeline.now()
         run = ReportRun(invoice_id, confirmation=self._tools.guard_note)
         guarded = self._rearm_confirmation(invoice, now)
         try:
-            run.outcome = self._reporter.report_invoice(document, now, careful=True)
+            run.outcome = self._pipeline.reporting.report_invoice(document, now, careful=True)
         except (TransientError, PermanentError) as error:
             run.error = f"{type(error).__name__}: {error}"
         if run.outcome is not None and run.outcome.result == "skipped":
             return run
         try:
-            plans = self._reporter.plan_invoice(invoice)
-            tenant = self._reporter.tenant_of(invoice) if plans else None
+            plans = self._pipeline.planner.plan(invoice)
+            tenant = self._pipeline.usage.tenant(invoice.customer_id) if plans else None
         except (TransientError, PermanentError) as error:
             run.error = run.error or f"{type(error).__name__}: {error}"
             return run
@@ -139,22 +140,19 @@ class InvoiceReRun:
         anything, so a re-run always starts its own. A chain still running alongside only
         repeats reads: checks are idempotent and a released hold is never released again.
         """
-        guard = self._reporter.guard
-        if guard is None or guard.policy.mode == "off":
+        if not self._pipeline.guard_policy.on:
             return False
-        self._tools.reader.ledger.update_invoice(
-            invoice.id, invoice.customer_id, {"confirmation_scheduled_at": None}, now
+        self._pipeline.ledger.update_invoice(
+            invoice.id, invoice.customer_id, InvoiceChanges(clear_confirmation_schedule=True), now
         )
         return True
 
     def _confirmation_scheduled(self, invoice: Invoice, now: int) -> str:
-        guard = self._reporter.guard
-        assert guard is not None
         # After a failure report_invoice queued it already; after a skip nothing is to confirm.
-        guard.start_confirmation(invoice, now)
+        self._pipeline.confirmation.start(invoice, now)
         return (
-            f"confirmation checks queued (INVOICE_GUARD={guard.policy.mode}); follow them with"
-            f" `meterbridge status invoice {invoice.id}`"
+            f"confirmation checks queued (INVOICE_GUARD={self._pipeline.guard_policy.mode});"
+            f" follow them with `meterbridge status invoice {invoice.id}`"
         )
 
     # --- one (item, period) -------------------------------------------------------------
@@ -167,23 +165,21 @@ class InvoiceReRun:
             plan.subscription_item_id, plan.period.start, plan.period.end, None, None, ""
         )
         first = revisions.items[0] if revisions.items else None
-        if first is None or (
-            first.get("status") not in DONE_STATUSES and not is_closed_failure(first)
-        ):
+        if first is None or (not first.status.done and not first.closed):
             correction.result = "not_reported"
-            correction.note = (first or {}).get("last_error") or "no report in the ledger"
+            correction.note = (first.last_error if first else None) or "no report in the ledger"
             return correction
         # A revision Stripe rejected asynchronously was never counted: counted_total leaves
         # it out, so the correction re-sends its value under the next revision.
         correction.counted = revisions.counted_total
         try:
-            correction.correct = self._reporter.usage_of(plan, tenant)
+            correction.correct = self._pipeline.usage.read(plan, tenant)
         except (TransientError, PermanentError) as error:
             correction.result, correction.note = "failed", f"usage source: {error}"
             return correction
         unfinished = revisions.unfinished
         identifier = (
-            str(unfinished["identifier"])
+            unfinished.identifier
             if unfinished is not None
             else _revision_identifier(plan, revisions.next_revision)
         )
@@ -198,7 +194,7 @@ class InvoiceReRun:
             correction.note = "run again with --force to send the difference"
             if unknown is not None:
                 correction.note = (
-                    f"{unknown['identifier']} may or may not be counted by Stripe (its send"
+                    f"{unknown.identifier} may or may not be counted by Stripe (its send"
                     " outcome is unknown and Stripe no longer remembers the identifier); it"
                     " is counted as missing here. Check the customer's meter event summary"
                     " in Stripe first: --force sends the difference under a new revision"
@@ -215,26 +211,29 @@ class InvoiceReRun:
         self, invoice: Invoice, plan: PlannedReport, tenant: str | None, correction: Correction
     ) -> Correction:
         """The worker's own claim → value → send → record, with the delta as the usage."""
-        delta = correction.delta
-        reporter = self._reporter.with_usage_source(CallableUsageSource(lambda _query: delta))
+        now = self._pipeline.now()
         try:
-            result = reporter.report_plan(invoice, plan, tenant, int(self._reporter.clock()))
+            offset = self._pipeline.reporting.clock_offset(invoice, now)
+            result = self._pipeline.sender.send(
+                plan, tenant, now, clock_offset=offset, value=correction.delta
+            )
         except (TransientError, PermanentError) as error:
             correction.result, correction.note = "failed", str(error)
             return correction
-        if result == "already_recorded":  # another operator's run finished this revision
+        if result is SendResult.ALREADY_RECORDED:  # another operator's run finished it
             correction.result, correction.note = "unchanged", "revision already recorded"
             return correction
-        recorded = self._tools.reader.ledger.report(plan.identifier) or {}
-        if recorded.get("value") is not None:  # a retried revision keeps its first value
-            correction.delta = Decimal(str(recorded["value"]))
-        correction.result = result if result in {"sent", "late"} else "unchanged"
-        if result == "skipped":
+        recorded = self._tools.reader.ledger.report(plan.identifier)
+        if recorded is not None and recorded.value is not None:
+            correction.delta = recorded.value  # a retried revision keeps its first value
+        delivered = result in {SendResult.SENT, SendResult.LATE}
+        correction.result = result.value if delivered else "unchanged"
+        if result is SendResult.SKIPPED:
             correction.note = "zero difference not sent (REPORT_ZERO_USAGE=false)"
         return correction
 
     def _delta_refusal(self, meter: Meter) -> str | None:
-        raw = self._reporter.gateway.meter(meter.id)
+        raw = self._pipeline.stripe.meter(meter.id)
         formula = (raw.get("default_aggregation") or {}).get("formula")
         if formula != "sum":
             return f"meter {meter.id} aggregates with {formula!r}: a delta cannot correct it"
@@ -247,7 +246,7 @@ class InvoiceReRun:
 
     def _invoice(self, invoice_id: str) -> dict[str, Any]:
         try:
-            return self._reporter.gateway.invoice(invoice_id)
+            return self._pipeline.stripe.invoice(invoice_id)
         except UnknownStripeObject as error:
             raise OperatorError(f"Stripe has no invoice {invoice_id}: {error}") from error
         except (TransientError, PermanentError) as error:

@@ -2,15 +2,23 @@
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from meterbridge.adapters.ledger import INVOICE, REPORT, SORT_KEY
 from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.records import (
+    Confirmation,
+    ConfirmationStatus,
+    HoldStatus,
+    InvoiceRecord,
+    InvoiceStatus,
+    InvoiceView,
+    Reconciliation,
+    ReconciliationStatus,
+    ReportRecord,
+    ReportStatus,
+)
 from meterbridge.domain.reports import report_identifier
-from meterbridge_local.ledger_reader import InvoiceView, LedgerReader
+from meterbridge_local.ledger_reader import LedgerReader
 from meterbridge_local.ops.config import OperatorError
-
-DELIVERED = frozenset({"sent", "late"})
 
 
 @dataclass(frozen=True)
@@ -31,73 +39,68 @@ class ReportRow:
     attention: tuple[str, ...] = ()  # why an operator should look (empty: nothing to do)
 
     @classmethod
-    def of(cls, item: dict[str, Any], superseded_by: int | None = None) -> "ReportRow":
-        start, end = item.get("period_start"), item.get("period_end")
-        identifier = str(item.get("identifier", ""))
-        raw_status = str(item.get("status", "?"))
-        status = raw_status
-        if item.get("duplicate"):
+    def of(cls, report: ReportRecord, superseded_by: int | None = None) -> "ReportRow":
+        identifier = report.identifier
+        status = report.status.value
+        if report.duplicate:
             status += " (duplicate)"
-        if item.get("failure_class"):
-            code = item.get("stripe_error_code")
-            status += f" ({item['failure_class']}{': ' + str(code) if code else ''})"
+        if report.failure_class:
+            code = report.stripe_error_code
+            status += f" ({report.failure_class.value}{': ' + code if code else ''})"
         if superseded_by is not None:
             status += f", superseded by r{superseded_by}"
         attention = []
-        if raw_status == "failed" and superseded_by is None:
+        if report.status is ReportStatus.FAILED and superseded_by is None:
             attention.append(f"{identifier} failed")
-        if raw_status == "late":
+        if report.status is ReportStatus.LATE:
             attention.append(f"{identifier} was sent after its invoice finalized")
-        if item.get("confirmation_status") == "missing":
+        confirmation, reconciliation = report.confirmation, report.reconciliation
+        if confirmation is not None and confirmation.status is ConfirmationStatus.MISSING:
             attention.append(f"{identifier}: Stripe does not count it yet (confirmation missing)")
-        if item.get("reconciliation_status") == "mismatch":
-            attention.append(
-                f"{identifier}: finalized invoice mismatch ({item.get('mismatch_reason')})"
-            )
+        if reconciliation is not None and reconciliation.status is ReconciliationStatus.MISMATCH:
+            attention.append(f"{identifier}: finalized invoice mismatch ({reconciliation.reason})")
         return cls(
-            invoice_id=str(item.get("invoice_id", "")),
+            invoice_id=report.invoice_id,
             identifier=identifier,
             status=status,
-            value=str(item.get("value", "-")),
-            period=f"{_date(start)} → {_date(end)}" if start is not None else "-",
-            deadline=_time(item.get("finalizes_at")),
-            sent_at=_time(item.get("sent_at")),
-            attempts=int(item.get("attempts", 0)),
-            last_error=str(item.get("last_error") or ""),
-            confirmation=confirmation_text(item),
-            reconciliation=reconciliation_text(item),
+            value="-" if report.value is None else str(report.value),
+            period=f"{_date(report.period.start)} → {_date(report.period.end)}",
+            deadline=_time(report.finalizes_at),
+            sent_at=_time(report.sent_at),
+            attempts=report.attempts,
+            last_error=report.last_error or "",
+            confirmation=confirmation_text(confirmation),
+            reconciliation=reconciliation_text(reconciliation),
             attention=tuple(attention),
         )
 
 
-def confirmation_text(item: dict[str, Any]) -> str:
+def confirmation_text(confirmation: Confirmation | None) -> str:
     """confirmed | pending | missing, with Stripe's aggregate and the ledger's expectation."""
-    status = item.get("confirmation_status")
-    if not status:
+    if confirmation is None:
         return "-"
-    observed, expected = item.get("confirmation_observed"), item.get("confirmation_expected")
-    if status == "confirmed":
+    status, observed = confirmation.status.value, confirmation.observed
+    if confirmation.status is ConfirmationStatus.CONFIRMED:
         return f"confirmed (Stripe {observed})"
-    if observed is None or expected is None:
-        return str(status)
-    return f"{status}: Stripe {observed}, ledger {expected}"
+    if observed is None or confirmation.expected is None:
+        return status
+    return f"{status}: Stripe {observed}, ledger {confirmation.expected}"
 
 
-def reconciliation_text(item: dict[str, Any]) -> str:
+def reconciliation_text(reconciliation: Reconciliation | None) -> str:
     """reconciled, or mismatch with its reason and both numbers."""
-    status = item.get("reconciliation_status")
-    if not status:
+    if reconciliation is None:
         return "-"
-    invoiced, expected = item.get("invoiced_quantity"), item.get("expected_quantity")
-    if status != "mismatch":
-        return f"{status} ({invoiced})"
-    reason = item.get("mismatch_reason")
+    invoiced = reconciliation.invoiced
+    if reconciliation.status is not ReconciliationStatus.MISMATCH:
+        return f"{reconciliation.status.value} ({invoiced})"
+    reason = reconciliation.reason
     if reason == "usage_changed":
-        numbers = f"invoiced {invoiced}, source now {item.get('source_quantity')}"
+        numbers = f"invoiced {invoiced}, source now {reconciliation.source}"
     elif reason == "no_value_recorded":
         numbers = f"invoiced {invoiced}, no value in the ledger"
     else:
-        numbers = f"invoiced {invoiced}, ledger {expected}"
+        numbers = f"invoiced {invoiced}, ledger {reconciliation.expected}"
     return f"mismatch: {numbers} ({reason})"
 
 
@@ -126,16 +129,8 @@ def customer_status(
     reader: LedgerReader, customer_id: str, since: str | None = None
 ) -> list[InvoiceSummary]:
     """Every invoice of the customer with a ledger record since `since`, oldest first."""
-    items = reader.customer(customer_id, parse_since(since) if since else None)
-    by_invoice: dict[str, InvoiceView] = {}
-    for item in items:
-        invoice_id = str(item.get("invoice_id", ""))
-        view = by_invoice.setdefault(invoice_id, InvoiceView(invoice_id, None, []))
-        if item.get(SORT_KEY) == INVOICE:
-            by_invoice[invoice_id] = InvoiceView(invoice_id, item, view.reports)
-        elif item.get(SORT_KEY) == REPORT:
-            view.reports.append(item)
-    return [_summary(view) for view in by_invoice.values()]
+    views = reader.customer(customer_id, parse_since(since) if since else None)
+    return [_summary(view) for view in views]
 
 
 def parse_since(text: str) -> str:
@@ -152,25 +147,30 @@ def parse_since(text: str) -> str:
 
 
 def _summary(view: InvoiceView) -> InvoiceSummary:
-    record = view.record or {}
+    record = view.record
     later = _superseding_revisions(view.reports)
-    reports = [ReportRow.of(item, later.get(str(item.get("identifier")))) for item in view.reports]
+    reports = [ReportRow.of(item, later.get(item.identifier)) for item in view.reports]
     attention: list[str] = []
-    if record.get("status") == "failed":
-        attention.append(f"invoice failed: {record.get('reason') or 'see its reports'}")
-    if record.get("hold_status") == "released_at_limit":
+    if record is not None and record.status is InvoiceStatus.FAILED:
+        attention.append(f"invoice failed: {record.reason or 'see its reports'}")
+    if record is not None and record.hold_status is HoldStatus.RELEASED_AT_LIMIT:
         attention.append("the hold reached its limit with usage unconfirmed (HoldLimitReached)")
     for row in reports:
         attention += row.attention
-    if record.get("reconciliation_status") == "mismatch" and not any(
-        "mismatch" in reason for reason in attention
+    if (
+        record is not None
+        and record.reconciliation_status is ReconciliationStatus.MISMATCH
+        and not any("mismatch" in reason for reason in attention)
     ):
-        attention.append(f"finalized invoice mismatch ({record.get('mismatched_lines')} lines)")
+        attention.append(f"finalized invoice mismatch ({record.mismatched_lines} lines)")
+    status = "(no invoice record)"
+    if record is not None and record.status is not None:
+        status = record.status.value
     return InvoiceSummary(
         invoice_id=view.invoice_id,
-        status=str(record.get("status", "(no invoice record)")),
-        reason=str(record.get("reason") or ""),
-        updated=str(record.get("updated_at") or record.get("created_at") or ""),
+        status=status,
+        reason=(record.reason or "") if record else "",
+        updated=(record.updated_at or record.created_at) if record else "",
         reports=reports,
         guard=guard_text(record),
         reconciliation=invoice_reconciliation_text(record),
@@ -178,76 +178,64 @@ def _summary(view: InvoiceView) -> InvoiceSummary:
     )
 
 
-def guard_text(record: dict[str, Any]) -> str:
+def guard_text(record: InvoiceRecord | None) -> str:
     """The guard mode in force when the invoice was reported, and what its hold did."""
-    mode, hold = record.get("guard_mode"), record.get("hold_status")
-    if not mode and not hold:
+    if record is None or (not record.guard_mode and record.hold_status is None):
         return ""
-    text = f"guard {mode or 'hold'}"
-    if hold in {"holding", "held"}:
-        text += f": {hold}, until {_time(record.get('hold_deadline'))} at the latest"
-    elif hold in {"released", "released_at_limit"}:
-        how = "at its limit" if hold == "released_at_limit" else "after confirmation"
-        text += (
-            f": {hold} {how} ({record.get('release_action')}) at {_time(record.get('released_at'))}"
-        )
-    elif hold == "not_held":
-        text += f": not held ({record.get('hold_reason') or 'no reason recorded'})"
+    hold = record.hold_status
+    text = f"guard {record.guard_mode or 'hold'}"
+    if hold is not None and hold.held:
+        text += f": {hold.value}, until {_time(record.hold_deadline)} at the latest"
+    elif hold in {HoldStatus.RELEASED, HoldStatus.RELEASED_AT_LIMIT}:
+        assert hold is not None
+        how = "at its limit" if hold is HoldStatus.RELEASED_AT_LIMIT else "after confirmation"
+        action = record.release_action.value if record.release_action else None
+        text += f": {hold.value} {how} ({action}) at {_time(record.released_at)}"
+    elif hold is HoldStatus.NOT_HELD:
+        text += f": not held ({record.hold_reason or 'no reason recorded'})"
     return text
 
 
-def invoice_reconciliation_text(record: dict[str, Any]) -> str:
-    status = record.get("reconciliation_status")
-    if not status:
+def invoice_reconciliation_text(record: InvoiceRecord | None) -> str:
+    status = record.reconciliation_status if record else None
+    if record is None or status is None:
         return ""
-    if status == "not_reported":
+    if status is ReconciliationStatus.NOT_REPORTED:
         return "finalized; nothing reported to reconcile"
-    right, wrong = (
-        int(record.get("reconciled_lines") or 0),
-        int(record.get("mismatched_lines") or 0),
-    )
-    if status == "mismatch":
+    right, wrong = record.reconciled_lines, record.mismatched_lines
+    if status is ReconciliationStatus.MISMATCH:
         return f"finalized: mismatch on {wrong} of {right + wrong} line(s)"
     return f"finalized: {right} line(s) reconciled"
 
 
-def _superseding_revisions(reports: list[dict[str, Any]]) -> dict[str, int]:
+def _superseding_revisions(reports: list[ReportRecord]) -> dict[str, int]:
     """identifier of a failed revision → the later revision of the same report that was
     delivered (an operator's `report --force` after Stripe rejected the first)."""
-    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-    for item in reports:
-        if item.get("period_start") is None or item.get("period_end") is None:
-            continue
-        key = (
-            str(item.get("subscription_item_id", "")),
-            int(item["period_start"]),
-            int(item["period_end"]),
-        )
-        groups.setdefault(key, []).append(item)
+    groups: dict[tuple[str | None, int, int], list[ReportRecord]] = {}
+    for report in reports:
+        groups.setdefault(report.report_key(), []).append(report)
     superseded: dict[str, int] = {}
     for (subscription_item, start, end), items in groups.items():
         period = ServicePeriod(start=start, end=end)
         revision_of = {
-            report_identifier(subscription_item, period, n): n for n in range(len(items))
+            report_identifier(subscription_item or "", period, n): n for n in range(len(items))
         }
         delivered = [
-            revision_of[str(i.get("identifier"))]
-            for i in items
-            if i.get("status") in DELIVERED and str(i.get("identifier")) in revision_of
+            revision_of[i.identifier] for i in items if i.delivered and i.identifier in revision_of
         ]
         for item in items:
-            revision = revision_of.get(str(item.get("identifier")))
+            revision = revision_of.get(item.identifier)
             later = [n for n in delivered if revision is not None and n > revision]
-            if item.get("status") == "failed" and later:
-                superseded[str(item.get("identifier"))] = max(later)
+            if item.status is ReportStatus.FAILED and later:
+                superseded[item.identifier] = max(later)
     return superseded
 
 
-def _time(moment: Any) -> str:
-    if moment is None or moment == "":
+def _time(moment: int | None) -> str:
+    if moment is None:
         return "-"
     return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _date(moment: Any) -> str:
+def _date(moment: int) -> str:
     return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,135 @@
+"""The small interfaces the worker's steps depend on; the adapters satisfy them, and so do
+the in-memory fakes of the unit tests (tests/support/fakes.py)."""
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any, Protocol
+
+from meterbridge.adapters.stripe_gateway import MeterEventReceipt
+from meterbridge.domain.records import (
+    Claim,
+    ConfirmationStatus,
+    FailureClass,
+    InvoiceChanges,
+    InvoiceRecord,
+    Reconciliation,
+    ReportRecord,
+)
+from meterbridge.domain.reports import PlannedReport
+from meterbridge.messages import ConfirmRequest
+
+
+class Stripe(Protocol):
+    """What the worker asks of Stripe (adapters/stripe_gateway.py); objects as plain dicts."""
+
+    def event(self, event_id: str) -> dict[str, Any]: ...
+    def invoice(self, invoice_id: str) -> dict[str, Any]: ...
+    def invoice_lines(
+        self, invoice_id: str, starting_after: str | None
+    ) -> Iterator[dict[str, Any]]: ...
+    def customer(self, customer_id: str) -> dict[str, Any]: ...
+    def price(self, price_id: str) -> dict[str, Any]: ...
+    def meter(self, meter_id: str) -> dict[str, Any]: ...
+    def test_clock_time(self, clock_id: str) -> int: ...
+    def meter_usage(self, meter_id: str, customer_id: str, start: int, end: int) -> Decimal: ...
+    def thin_event(self, notification: str | None, event_id: str) -> dict[str, Any]: ...
+    def create_meter_event(
+        self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
+    ) -> MeterEventReceipt: ...
+    def hold_invoice(self, invoice_id: str) -> dict[str, Any]: ...
+    def resume_invoice(self, invoice_id: str) -> dict[str, Any]: ...
+    def finalize_invoice(self, invoice_id: str) -> dict[str, Any]: ...
+
+
+class ReportLedger(Protocol):
+    """Claims and the moves of one report: pending → sent | late | skipped | failed."""
+
+    def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | None: ...
+    def claim_new(
+        self, report: PlannedReport, value: Decimal, timestamp: int, now: int, lease_seconds: int
+    ) -> Claim | None: ...
+    def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None: ...
+    def mark_sent(
+        self, claim: Claim, *, late: bool, request_id: str | None, duplicate: bool, now: int
+    ) -> None: ...
+    def mark_failed(
+        self, claim: Claim, *, failure_class: FailureClass, reason: str, now: int
+    ) -> None: ...
+    def mark_skipped(self, claim: Claim, *, reason: str, now: int) -> None: ...
+
+
+class InvoiceLedger(Protocol):
+    """An invoice's own record."""
+
+    def invoice(self, invoice_id: str) -> InvoiceRecord | None: ...
+    def update_invoice(
+        self,
+        invoice_id: str,
+        customer_id: str,
+        changes: InvoiceChanges,
+        now: int,
+        *,
+        created_event: str | None = None,
+    ) -> None: ...
+
+
+class HoldLedger(InvoiceLedger, Protocol):
+    def begin_hold(
+        self,
+        invoice_id: str,
+        customer_id: str,
+        *,
+        hold_deadline: int,
+        scheduled_finalization_at: int | None,
+        now: int,
+    ) -> bool: ...
+
+
+class GuardLedger(InvoiceLedger, Protocol):
+    """What confirmation and reconciliation read and record."""
+
+    def invoice_reports(self, invoice_id: str) -> list[ReportRecord]: ...
+    def customer_reports(self, customer_id: str, since: int) -> list[ReportRecord]: ...
+    def record_confirmation(
+        self,
+        identifier: str,
+        *,
+        status: ConfirmationStatus,
+        observed: Decimal,
+        expected: Decimal,
+        now: int,
+    ) -> ConfirmationStatus | None: ...
+    def record_reconciliation(self, identifier: str, verdict: Reconciliation) -> None: ...
+
+
+class RejectionLedger(Protocol):
+    def mark_rejected(
+        self, identifier: str, *, code: str, message: str, event_id: str, now: int
+    ) -> bool: ...
+
+
+class EventLedger(Protocol):
+    """Processed Stripe events other than invoice.created (those live on the invoice)."""
+
+    def event_seen(self, event_id: str, now: int) -> bool: ...
+    def remember_event(
+        self, event_id: str, event_type: str, now: int, memory_seconds: int
+    ) -> None: ...
+
+
+class Ledger(ReportLedger, HoldLedger, GuardLedger, RejectionLedger, EventLedger, Protocol):
+    """Everything the worker's steps need together (the composition root's view)."""
+
+    def report(self, identifier: str) -> ReportRecord | None: ...
+
+
+class ConfirmQueue(Protocol):
+    """Delayed confirmation checks (adapters/queue.py)."""
+
+    def schedule(self, request: ConfirmRequest, delay_seconds: int) -> None: ...
+
+
+class MessageVisibility(Protocol):
+    """Pushes a failed message's next delivery into the future (adapters/queue.py)."""
+
+    def delay(self, receipt_handle: str, seconds: int) -> None: ...

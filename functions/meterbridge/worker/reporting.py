@@ -1,0 +1,249 @@
+"""invoice.created: one draft in, each of its eligible lines' usage reported once.
+
+eligible draft? → plan (worker/planning.py) → tenant → hold (INVOICE_GUARD=hold) → send
+each report (worker/sending.py) → queue the first confirmation check → record the
+invoice's outcome. Reports already sent are skipped on any retry, so retrying the whole
+event is always safe.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meterbridge.domain.eligibility import ineligibility_reason
+from meterbridge.domain.invoices import Invoice
+from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus
+from meterbridge.domain.reports import PlannedReport
+from meterbridge.errors import PermanentError, TransientError
+from meterbridge.messages import EventEnvelope
+from meterbridge.observability import count, logger
+from meterbridge.worker.confirmation import Confirmation
+from meterbridge.worker.holding import DraftHold
+from meterbridge.worker.invoices import InvoiceReader, invoice_of_event, parse_invoice
+from meterbridge.worker.planning import InvoicePlanner
+from meterbridge.worker.policy import ReportingPolicy
+from meterbridge.worker.ports import InvoiceLedger, Stripe
+from meterbridge.worker.sending import ReportSender
+from meterbridge.worker.usage import UsageReader
+
+
+class Unread:
+    """Marks an argument the caller did not read (as opposed to read and found absent)."""
+
+
+UNREAD = Unread()
+
+
+@dataclass
+class EventOutcome:
+    """What happened to one event, for logs and tests."""
+
+    event_id: str
+    event_type: str
+    result: str  # reported | skipped | duplicate_event | reconciled | mismatch | … | ignored
+    reason: str | None = None
+    reports: dict[str, str] = field(default_factory=dict)  # identifier → status
+
+
+class InvoiceReporting:
+    def __init__(
+        self,
+        *,
+        stripe: Stripe,
+        ledger: InvoiceLedger,
+        invoices: InvoiceReader,
+        planner: InvoicePlanner,
+        usage: UsageReader,
+        sender: ReportSender,
+        hold: DraftHold,
+        confirmation: Confirmation,
+        policy: ReportingPolicy,
+        guarded: bool,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._stripe = stripe
+        self._ledger = ledger
+        self._invoices = invoices
+        self._planner = planner
+        self._usage = usage
+        self._sender = sender
+        self._hold = hold
+        self._confirmation = confirmation
+        self._policy = policy
+        self._guarded = guarded  # INVOICE_GUARD is not off
+        self._clock = clock
+
+    def on_invoice_created(
+        self,
+        envelope: EventEnvelope,
+        event: dict[str, Any] | None,
+        *,
+        retry: bool = False,
+        deadline: float | None = None,
+    ) -> EventOutcome:
+        """The event is remembered on its invoice's ledger record, read here once: it says
+        whether the event was processed, and whether an earlier attempt touched the invoice
+        (then each report is claimed before its usage is read: reports already sent cost
+        no usage query).
+
+        `retry`: an earlier delivery of this message failed. `deadline` (time.monotonic()):
+        no report starts after it, so the invocation ends before its timeout.
+        """
+        if event is None:  # travelled as an envelope: too large for the queue
+            event = self._stripe.event(envelope.id)
+        document = invoice_of_event(event, envelope.id)
+        recorded = self._ledger.invoice(document["id"])
+        if recorded is not None and recorded.saw_created_event(envelope.id):
+            count("DuplicateEvents")
+            return EventOutcome(envelope.id, envelope.type, "duplicate_event")
+        outcome = self.report_invoice(
+            document,
+            int(self._clock()),
+            created_event=envelope.id,
+            careful=retry or recorded is not None,
+            deadline=deadline,
+            record=recorded,
+        )
+        outcome.event_id, outcome.event_type = envelope.id, envelope.type
+        return outcome
+
+    def report_invoice(
+        self,
+        document: dict[str, Any],
+        now: int,
+        *,
+        created_event: str | None = None,
+        careful: bool = False,
+        deadline: float | None = None,
+        record: InvoiceRecord | Unread | None = UNREAD,
+    ) -> EventOutcome:
+        """Report one invoice's usage; `created_event` is remembered once it is done.
+
+        `careful`: claim each report before reading its usage (a retry: some reports may be
+        sent already). Otherwise usage is read first and claimed with the claim.
+        `record`: the invoice's ledger record, if the caller has just read it (None: none).
+        """
+        invoice = parse_invoice(document)
+        context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
+        reason = ineligibility_reason(invoice, self._policy.billing_reasons)
+        tenant: str | None = None
+        plans: list[PlannedReport] = []
+        if reason is None:
+            try:
+                plans = self._planner.plan(invoice)
+                tenant = self._usage.tenant(invoice.customer_id) if plans else None
+            except PermanentError as error:
+                self._ledger.update_invoice(
+                    invoice.id,
+                    invoice.customer_id,
+                    InvoiceChanges(status=InvoiceStatus.FAILED, reason=str(error), report_count=0),
+                    now,
+                )
+                count("InvoicesFailed")
+                logger.error("invoice cannot be reported", extra={**context, "reason": str(error)})
+                raise
+            if not plans:
+                reason = "no line is priced by a meter that meterbridge reports"
+        if reason is not None:
+            self._record(
+                invoice,
+                InvoiceStatus.SKIPPED,
+                reason=reason,
+                now=now,
+                report_count=0,
+                created_event=created_event,
+            )
+            count("InvoicesSkipped")
+            logger.info("invoice skipped", extra={**context, "reason": reason})
+            return EventOutcome("", "", "skipped", reason=reason)
+
+        if self._guarded and isinstance(record, Unread):
+            record = self._ledger.invoice(invoice.id)
+        known = None if isinstance(record, Unread) else record
+        statuses: dict[str, str] = {}
+        transient: list[str] = []
+        permanent: list[str] = []
+        try:
+            if self._guarded:
+                self._hold.hold(invoice, now, report_count=len(plans), record=known)
+            clock_offset = self.clock_offset(invoice, now)
+            for plan in plans:
+                if deadline is not None and time.monotonic() > deadline:
+                    statuses[plan.identifier] = "retry"
+                    transient.append(f"{plan.identifier}: not started, out of invocation time")
+                    continue
+                try:
+                    # Each report's own `now`: leases and timestamps from when it starts.
+                    result = self._sender.send(
+                        plan,
+                        tenant,
+                        int(self._clock()),
+                        clock_offset=clock_offset,
+                        careful=careful,
+                    )
+                    statuses[plan.identifier] = result.value
+                except TransientError as error:
+                    statuses[plan.identifier] = "retry"
+                    transient.append(f"{plan.identifier}: {error}")
+                except PermanentError as error:
+                    statuses[plan.identifier] = "failed"
+                    permanent.append(f"{plan.identifier}: {error}")
+        except BaseException:
+            if self._guarded:
+                # Whatever happened (a ledger error, a Stripe outage while holding): a held
+                # draft must reach its release check, or it stays held.
+                self._confirmation.start(invoice, now)
+            raise
+        failed = transient + permanent
+        # Failed reports too: a held draft is released by its checks, never left held.
+        first_check = self._confirmation.first_check(invoice, now, known) if self._guarded else None
+        self._record(
+            invoice,
+            InvoiceStatus.FAILED if failed else InvoiceStatus.REPORTED,
+            reason="; ".join(failed)[:1000] or None,
+            now=now,
+            report_count=len(plans),
+            # A failed event is not done: its redelivery (or DLQ replay) must run.
+            created_event=None if failed else created_event,
+            guard=first_check,
+        )
+        if transient:
+            raise TransientError("; ".join(transient))
+        if permanent:
+            raise PermanentError("; ".join(permanent))
+        return EventOutcome("", "", "reported", reports=statuses)
+
+    def _record(
+        self,
+        invoice: Invoice,
+        status: InvoiceStatus,
+        *,
+        reason: str | None,
+        now: int,
+        report_count: int,
+        created_event: str | None,
+        guard: InvoiceChanges | None = None,
+    ) -> None:
+        changes = InvoiceChanges(
+            status=status, reason=reason, report_count=report_count, clear_reason=reason is None
+        )
+        self._ledger.update_invoice(
+            invoice.id,
+            invoice.customer_id,
+            guard.merged(changes) if guard is not None else changes,
+            now,
+            created_event=created_event,
+        )
+
+    def clock_offset(self, invoice: Invoice, now: int) -> int:
+        """Lateness is judged on the invoice's clock: a test clock runs weeks in the past."""
+        if not invoice.test_clock:
+            return 0
+        try:
+            return self._invoices.now(invoice, now) - now
+        except PermanentError as error:  # the clock is gone: judge by real time
+            logger.warning(
+                "test clock unreadable", extra={"invoice_id": invoice.id, "reason": str(error)}
+            )
+            return 0
