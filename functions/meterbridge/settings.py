@@ -100,9 +100,8 @@ class WorkerSettings(StripeCredentialSettings):
     usage_source_token: str | None = Field(None, alias="USAGE_SOURCE_TOKEN", repr=False)
     usage_source_timeout_seconds: float = Field(5.0, alias="USAGE_SOURCE_TIMEOUT_SECONDS", gt=0)
     tenant_metadata_key: str | None = Field(None, alias="TENANT_METADATA_KEY")
-    billing_reasons: CommaSeparated = Field(
-        frozenset({"subscription_cycle"}), alias="BILLING_REASONS", min_length=1
-    )
+    # Empty: every draft with a metered line, but domain.eligibility's excluded reasons.
+    billing_reasons: CommaSeparated = Field(frozenset(), alias="BILLING_REASONS")
     meter_event_names: CommaSeparated = Field(frozenset(), alias="METER_EVENT_NAMES")
     report_zero_usage: bool = Field(True, alias="REPORT_ZERO_USAGE")
     grace_period_seconds: int = Field(3600, alias="GRACE_PERIOD_SECONDS", ge=0, le=259_200)

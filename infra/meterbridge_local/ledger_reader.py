@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meterbridge.adapters.ledger import DynamoDbLedger
-from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.guard import expected_aggregate
+from meterbridge.domain.invoices import Meter, ServicePeriod
 from meterbridge.domain.records import (
     FailureClass,
     InvoiceRecord,
@@ -22,6 +23,7 @@ from meterbridge.domain.records import (
 )
 from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import PermanentError, TransientError
+from meterbridge.worker.confirmation import sent_usage
 
 MAX_REVISIONS = 1000  # a runaway loop guard; real reports have a handful
 
@@ -34,9 +36,10 @@ class LedgerUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ReportRevisions:
-    """All revisions of one (subscription item, service period) report."""
+    """All revisions of one report (customer, meter, service period)."""
 
-    subscription_item_id: str
+    customer_id: str
+    meter_id: str
     period: ServicePeriod
     items: list[ReportRecord]  # revision 0 first; stops at the first missing revision
 
@@ -44,10 +47,11 @@ class ReportRevisions:
     def next_revision(self) -> int:
         return len(self.items)
 
-    @property
-    def counted_total(self) -> Decimal:
-        """What Stripe counts for this period: the values of every delivered revision."""
-        return sum((item.value or Decimal(0) for item in self.items if item.delivered), Decimal(0))
+    def counted(self, meter: Meter) -> Decimal:
+        """What Stripe counts for this period from these revisions, under the meter's
+        formula and pre-aggregation window (a sum of deltas, or the newest value)."""
+        delivered = [sent_usage(item) for item in self.items if item.delivered]
+        return expected_aggregate(meter.formula, delivered, meter.event_time_window)
 
     @property
     def unfinished(self) -> ReportRecord | None:
@@ -77,7 +81,7 @@ class LedgerReader:
         view = self._guard(lambda: self._ledger.invoice_view(invoice_id))
         reports = sorted(
             view.reports,
-            key=lambda r: (r.period.start, r.subscription_item_id or "", r.identifier),
+            key=lambda r: (r.period.start, r.meter_id, r.identifier),
         )
         return InvoiceView(invoice_id, view.record, reports)
 
@@ -93,14 +97,14 @@ class LedgerReader:
         ordered = sorted(views.items(), key=lambda entry: _first_seen(*entry[1]))
         return [InvoiceView(invoice_id, record, items) for invoice_id, (record, items) in ordered]
 
-    def revisions(self, subscription_item_id: str, period: ServicePeriod) -> ReportRevisions:
+    def revisions(self, customer_id: str, meter_id: str, period: ServicePeriod) -> ReportRevisions:
         items: list[ReportRecord] = []
         for revision in range(MAX_REVISIONS):
-            item = self._report(report_identifier(subscription_item_id, period, revision))
+            item = self._report(report_identifier(customer_id, meter_id, period, revision))
             if item is None:
                 break
             items.append(item)
-        return ReportRevisions(subscription_item_id, period, items)
+        return ReportRevisions(customer_id, meter_id, period, items)
 
     def _report(self, identifier: str) -> ReportRecord | None:
         return self._guard(lambda: self._ledger.report(identifier))

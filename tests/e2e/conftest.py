@@ -68,10 +68,20 @@ class CrashableGateway(StripeGateway):
             self._armed.add(customer_id)
 
     def create_meter_event(
-        self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
+        self,
+        *,
+        event_name: str,
+        payload: dict[str, str],
+        identifier: str,
+        timestamp: int,
+        attempt: int = 1,
     ) -> MeterEventReceipt:
         receipt = super().create_meter_event(
-            event_name=event_name, payload=payload, identifier=identifier, timestamp=timestamp
+            event_name=event_name,
+            payload=payload,
+            identifier=identifier,
+            timestamp=timestamp,
+            attempt=attempt,
         )
         with self._lock:
             customer = payload.get("stripe_customer_id", "")

@@ -63,7 +63,7 @@ def test_several_customers_over_several_months_every_invoice_exact(
         # One report per service period, under the deterministic identifier.
         assert len(events) == 3
         assert len({e["identifier"] for e in events}) == 3
-        assert all(e["identifier"].startswith("mb1-") for e in events)
+        assert all(e["identifier"].startswith("mb2-") for e in events)
 
 
 def test_reports_sent_while_the_drafts_were_open_are_recorded_sent(

@@ -15,9 +15,7 @@ import pytest
 from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
-from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, ReportRecord
-from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.handlers.worker import Worker
 from meterbridge_local.stripe_emulator import StripeEmulator
@@ -37,6 +35,7 @@ from tests.support.worker import (
     enqueue,
     invoice_created,
     make_worker,
+    report_id,
 )
 
 # Long enough that nothing is aggregated before the test moves on (no race with the clock);
@@ -71,10 +70,7 @@ def guard_worker(
 
 
 def report_of(ledger: Ledger, renewal: Renewal) -> ReportRecord:
-    line = renewal.invoice["lines"]["data"][0]
-    item = line["parent"]["subscription_item_details"]["subscription_item"]
-    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
-    report = ledger.report(report_identifier(item, period))
+    report = ledger.report(report_id(renewal.invoice))
     assert report is not None
     return report
 
@@ -282,7 +278,8 @@ def test_usage_source_change_after_reporting_is_a_mismatch(
     assert report.reconciliation is not None
     assert report.reconciliation.status == "mismatch"
     assert report.reconciliation.reason == "usage_changed"
-    assert (report.reconciliation.invoiced, report.reconciliation.expected) == (100, 100)
+    # The judge is the usage source: the line should bill 130; Stripe bills what was sent.
+    assert (report.reconciliation.invoiced, report.reconciliation.expected) == (100, 130)
     assert report.reconciliation.source == 130
 
 
@@ -345,6 +342,7 @@ def test_meter_error_report_for_a_timestamp_in_the_future_marks_the_report_faile
         customer,
         [world.price],
         period=(int(skewed()) - 30 * 86_400, int(skewed()) - 60),
+        created=int(skewed()) - 30,
         automatically_finalizes_at=int(skewed()) + HOUR,
     )
     renewal = Renewal(customer, "", "", "4", seeded)

@@ -10,9 +10,7 @@ import pytest
 
 from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.adapters.usage_sources import CallableUsageSource, UsageQuery
-from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.records import ReportRecord
-from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers.worker import Worker
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support import worker as support
@@ -61,9 +59,7 @@ def created(world: GuardWorld, worker: Worker, invoice: dict[str, Any]) -> None:
 
 
 def report_item(ledger: Ledger, invoice: dict[str, Any], revision: int = 0) -> ReportRecord:
-    line = invoice["lines"]["data"][0]
-    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
-    item = ledger.report(report_identifier(support.subscription_item_of(line), period, revision))
+    item = ledger.report(support.report_id(invoice, revision=revision))
     assert item is not None
     return item
 

@@ -10,9 +10,7 @@ import boto3
 import pytest
 
 from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
-from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.records import FailureClass
-from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.lambda_runtime import FunctionConfig, SqsPoller
@@ -86,9 +84,7 @@ def case(
 
 
 def identifier(invoice: dict[str, Any], revision: int = 0) -> str:
-    line = invoice["lines"]["data"][0]
-    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
-    return report_identifier(support.subscription_item_of(line), period, revision)
+    return support.report_id(invoice, revision=revision)
 
 
 def counted_by_stripe(case: Case, invoice: dict[str, Any]) -> Decimal:
@@ -204,9 +200,11 @@ def test_force_sends_the_difference_as_a_new_revision_never_the_full_amount_agai
     assert correction in output
 
 
-def test_force_refuses_meters_where_a_delta_would_not_add_up(
+def test_force_sends_the_full_corrected_value_on_a_last_meter(
     case: Case, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """On a `last` meter the newest event replaces the older ones: a delta would replace
+    the total, so the correction carries the full value (docs/stripe.md#formulas)."""
     meter = case.billing.meter(default_aggregation={"formula": "last"})
     case.meter, case.price = meter, case.billing.metered_price(meter)
     USAGE[(case.customer["id"], meter["event_name"])] = "5"
@@ -216,10 +214,32 @@ def test_force_refuses_meters_where_a_delta_would_not_add_up(
 
     code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
 
+    assert code == 0, output
+    assert f"= 9 as {identifier(invoice, 1)}" in output
+    assert [e["payload"]["value"] for e in case.events()] == ["5", "9"]
+    assert counted_by_stripe(case, invoice) == 9
+
+
+def test_count_meters_are_refused_by_the_worker_and_by_report(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meter = case.billing.meter(default_aggregation={"formula": "count"})
+    case.meter, case.price = meter, case.billing.metered_price(meter)
+    USAGE[(case.customer["id"], meter["event_name"])] = "12000"
+    invoice = case.invoice()
+
+    assert case.run_worker(invoice) == set()  # refused once, never retried in a loop
+    record = case.ledger.invoice(invoice["id"])
+    assert record is not None
+    assert record.status == "failed"
+    assert "'count'" in str(record.reason)
+    assert meter["event_name"] in str(record.reason)
+
+    code, output = cli(capsys, "report", "--invoice", invoice["id"], "--force")
     assert code == 1
     assert "refused" in output
-    assert "'last'" in output
-    assert len(case.events()) == 1
+    assert "'count'" in output
+    assert case.events() == []
 
 
 def test_report_refuses_finalized_invoices_and_unknown_ones(

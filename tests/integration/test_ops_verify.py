@@ -38,8 +38,8 @@ def test_verify_passes_every_step_when_usage_reaches_the_invoice(
     assert "quantity 42" in output
     # The report went out as the worker sends it: deterministic identifier, in the period.
     [event] = [e for e in emulator.meter_events() if e["status"] == "accepted"]
-    assert event["identifier"].startswith("mb1-")
-    assert event["idempotency_key"] == event["identifier"]
+    assert event["identifier"].startswith("mb2-")
+    assert event["idempotency_key"] == f"{event['identifier']}:a1"
     assert event["payload"]["value"] == "42"
 
 

@@ -27,8 +27,9 @@ from tests.support.worker import (
     failed_ids,
     invoice_created,
     make_worker,
+    plain,
     receive_batch,
-    subscription_item_of,
+    report_id,
     usage_source_down,
 )
 
@@ -45,12 +46,7 @@ def run(
 
 
 def identifier_of(invoice: dict[str, Any], index: int = 0) -> str:
-    return identifier_of_line(invoice["lines"]["data"][index])
-
-
-def identifier_of_line(line: dict[str, Any]) -> str:
-    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
-    return report_identifier(subscription_item_of(line), period)
+    return report_id(invoice, index)
 
 
 @dataclass
@@ -104,7 +100,7 @@ def test_eligible_invoice_reports_each_line_once_with_the_timestamp_rule(case: W
     assert sent["event_name"] == setup["meter"]["event_name"]
     assert sent["payload"] == {"stripe_customer_id": setup["customer"]["id"], "value": "1234.5"}
     assert sent["timestamp"] == line["period"]["end"] - 1  # last second of the service period
-    assert sent["idempotency_key"] == identifier
+    assert sent["idempotency_key"] == f"{identifier}:a1"  # one key per attempt
     report = ledger.report(identifier)
     assert report is not None
     assert report.status == "sent"
@@ -119,10 +115,12 @@ def test_eligible_invoice_reports_each_line_once_with_the_timestamp_rule(case: W
 
 def test_legacy_shape_with_paginated_lines_reports_every_line(case: WorkerCase) -> None:
     emulator, billing, _ledger, ledger_table, queue_url, setup = case.unpack()
-    licensed = billing.licensed_price()
-    prices = [setup["price"]] * 12 + [licensed]  # 13 lines: Stripe embeds only 10
-    invoice = billing.renewal(setup["customer"]["id"], prices, legacy=True)
-    assert invoice["lines"]["has_more"] is True
+    meters = [billing.meter() for _ in range(12)]
+    for meter in meters:
+        USAGE[(setup["customer"]["id"], meter["event_name"])] = "3"
+    prices = [billing.metered_price(m) for m in meters] + [billing.licensed_price()]
+    invoice = billing.renewal(setup["customer"]["id"], prices, legacy=True)  # 13 lines
+    assert invoice["lines"]["has_more"] is True  # Stripe embeds only 10
     assert "subscription" in invoice
     assert "parent" not in invoice
     enqueue(queue_url, invoice_created(invoice))
@@ -133,15 +131,35 @@ def test_legacy_shape_with_paginated_lines_reports_every_line(case: WorkerCase) 
     sent = billing.meter_events(customer=setup["customer"]["id"])
     assert len(sent) == 12  # every metered line, the licensed one left out
     all_lines = billing.client.v1.invoices.line_items.list(invoice["id"], {"limit": 100}).data
-    metered = [line.to_dict() for line in all_lines][:12]
-    assert {event["identifier"] for event in sent} == {identifier_of_line(x) for x in metered}
+    listed = {**invoice, "lines": {"data": [plain(line) for line in all_lines]}}
+    assert {event["identifier"] for event in sent} == {report_id(listed, i) for i in range(12)}
+
+
+def test_a_meter_on_two_lines_is_reported_once_and_flagged_shared(case: WorkerCase) -> None:
+    """Stripe bills every line on a meter the customer's whole aggregate: two items on one
+    meter bill the usage twice whatever is reported (docs/stripe.md#aggregation). One report
+    per customer, meter and period, and a SharedMeter finding naming both lines."""
+    emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"], setup["price"]])
+    enqueue(queue_url, invoice_created(invoice))
+
+    assert run(make_worker(emulator, ledger_table, queue_url), queue_url)["failed"] == set()
+
+    [sent] = billing.meter_events(customer=setup["customer"]["id"])
+    assert sent["payload"]["value"] == "1234.5"
+    report = ledger.report(identifier_of(invoice))
+    assert report is not None
+    assert set(report.line_ids) == {line["id"] for line in invoice["lines"]["data"]}
+    record = ledger.invoice(invoice["id"])
+    assert record is not None
+    assert any("priced on 2 lines" in finding for finding in record.findings)
 
 
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
         ({"status": "open"}, "not 'draft'"),
-        ({"billing_reason": "manual"}, "billing_reason 'manual'"),
+        ({"billing_reason": "subscription_threshold"}, "billing_reason 'subscription_thr"),
         ({"parent": None}, "not a subscription invoice"),
     ],
 )
@@ -248,7 +266,8 @@ def test_crash_after_stripe_accepted_is_acknowledged_on_retry(case: WorkerCase) 
     assert report.status == "sent"
     assert report.value == Decimal("1234.5")  # what Stripe holds, not the recomputed value
     assert report.attempts == 2
-    assert [e["status"] for e in billing.meter_events(identifier)] == ["accepted"]
+    # The retry's own key reached Stripe, whose identifier check called it a duplicate.
+    assert [e["status"] for e in billing.meter_events(identifier)] == ["accepted", "duplicate"]
 
 
 def test_replay_after_stripes_identifier_window_sends_nothing(case: WorkerCase) -> None:
@@ -347,7 +366,11 @@ def test_permanent_errors_are_recorded_with_their_reason(case: WorkerCase, kind:
         env = {"TENANT_METADATA_KEY": "tenant_id"}
     elif kind == "test_clock_future":
         # A test clock started now and advanced a month: the period lies in the real future.
-        overrides = {"period": (now + 2 * DAY, now + 32 * DAY), "test_clock": "clock_future"}
+        overrides = {
+            "period": (now + 2 * DAY, now + 32 * DAY),
+            "created": now + 32 * DAY,
+            "test_clock": "clock_future",
+        }
     else:
         env = {"TENANT_METADATA_KEY": "tenant_id"}
     invoice = billing.renewal(customer_id, [setup["price"]], **overrides)
@@ -398,7 +421,9 @@ def test_zero_usage_is_reported_unless_configured_off(case: WorkerCase) -> None:
     run(make_worker(emulator, ledger_table, queue_url), queue_url)
     assert [e["payload"]["value"] for e in billing.meter_events(identifier_of(reported))] == ["0"]
 
-    skipped = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    other = billing.customer()  # its own report: one per customer, meter and period
+    USAGE[(other["id"], setup["meter"]["event_name"])] = "0"
+    skipped = billing.renewal(other["id"], [setup["price"]])
     enqueue(queue_url, invoice_created(skipped))
     run(
         make_worker(emulator, ledger_table, queue_url, env={"REPORT_ZERO_USAGE": "false"}),
@@ -573,10 +598,9 @@ def test_a_permanent_refusal_clears_the_send_marker_a_transient_one_keeps_it(
     period = ServicePeriod(start=1_000, end=2_000)
     for failure_class, kept in (("permanent", False), ("transient", True)):
         plan = PlannedReport(
-            identifier=report_identifier(f"si_marker_{failure_class}", period),
+            identifier=report_identifier(f"cus_{failure_class}", "mtr_marker", period),
             invoice_id="in_marker",
-            customer_id="cus_marker",
-            subscription_item_id=f"si_marker_{failure_class}",
+            customer_id=f"cus_{failure_class}",
             meter=Meter(id="mtr_marker", event_name="calls"),
             period=period,
             finalizes_at=3_000,

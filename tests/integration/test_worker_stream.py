@@ -1,6 +1,7 @@
 """METER_EVENT_API=v2 (meter event stream) and the adaptive meter-event rate limiter,
 against the Stripe billing emulator: what reached "Stripe" is read from its records."""
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -9,6 +10,7 @@ from meterbridge.handlers import worker as worker_module
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
 from tests.support.worker import (
+    DAY,
     USAGE,
     Billing,
     direct_batch,
@@ -19,11 +21,15 @@ from tests.support.worker import (
 
 
 def renewals(billing: Billing, count: int) -> tuple[list[dict[str, Any]], str]:
+    """`count` renewals of one customer, each its own service period (one report each)."""
     meter = billing.meter()
     price = billing.metered_price(meter)
     customer = billing.customer()
     USAGE[(customer["id"], meter["event_name"])] = "7"
-    return [billing.renewal(customer["id"], [price]) for _ in range(count)], customer["id"]
+    now = int(time.time())
+    periods = [(now - 30 * DAY - 60 * n, now - 60 * (n + 1)) for n in range(count)]
+    invoices = [billing.renewal(customer["id"], [price], period=p) for p in periods]
+    return invoices, customer["id"]
 
 
 def handle(worker: worker_module.Worker, batch: dict[str, Any]) -> set[str]:

@@ -17,6 +17,8 @@ import stripe
 
 from meterbridge.adapters.queue import SqsQueue
 from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
+from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import TransientError
 from meterbridge.handlers.worker import Worker
 from meterbridge.messages import EventEnvelope, envelope_body, message_attributes
@@ -131,7 +133,9 @@ class Billing:
                 "meter": meter["id"],
             },
         }
-        return plain(self.client.v1.prices.create(params))
+        price = plain(self.client.v1.prices.create(params))
+        PRICE_METERS[price["id"]] = meter["id"]
+        return price
 
     def licensed_price(self) -> dict[str, Any]:
         return plain(
@@ -224,6 +228,29 @@ def line(
         },
         "pricing": {"type": "price_details", "price_details": {"price": price["id"]}},
     }
+
+
+PRICE_METERS: dict[str, str] = {}  # metered price id → meter id (Billing.metered_price)
+
+
+def report_id(
+    invoice: dict[str, Any],
+    index: int = 0,
+    revision: int = 0,
+    meter: dict[str, Any] | None = None,
+) -> str:
+    """The identifier the worker reports the invoice's line `index` under: the invoice's
+    customer, the line's meter (from its price, or `meter`) and the line's period."""
+    line = invoice["lines"]["data"][index]
+    period = ServicePeriod(start=line["period"]["start"], end=line["period"]["end"])
+    meter_id = meter["id"] if meter is not None else PRICE_METERS[price_of(line)]
+    return report_identifier(str(invoice["customer"]), str(meter_id), period, revision)
+
+
+def price_of(invoice_line: dict[str, Any]) -> str:
+    price = ((invoice_line.get("pricing") or {}).get("price_details") or {}).get("price")
+    price = price or invoice_line.get("price")
+    return str(price["id"] if isinstance(price, dict) else price)
 
 
 def subscription_item_of(invoice_line: dict[str, Any]) -> str:

@@ -47,16 +47,32 @@ def test_expected_aggregate_follows_the_meter_formula() -> None:
     assert expected_aggregate("last", []) == 0
 
 
+def test_pre_aggregation_windows_keep_the_newest_event_of_each_window() -> None:
+    hour = 3600
+    usage = [
+        SentUsage(timestamp=10 * hour + 5, value=Decimal(4), sent_at=1),
+        SentUsage(timestamp=10 * hour + 5, value=Decimal(6), sent_at=2),  # a correction
+        SentUsage(timestamp=11 * hour, value=Decimal(1), sent_at=3),  # the next hour
+    ]
+    assert expected_aggregate("sum", usage) == 11
+    assert expected_aggregate("sum", usage, "hour") == 7  # the correction replaced the 4
+    assert expected_aggregate("sum", usage, "day") == 1  # one day: the newest event only
+    assert expected_aggregate("last", usage, "hour") == 1
+
+
 def test_values_compare_at_stripes_precision() -> None:
     assert same_value(Decimal(str(0.1 + 0.2)), Decimal("0.3"))
     assert not same_value(Decimal("1200"), Decimal("1201"))
     assert same_value(Decimal("123456789012345"), Decimal("123456789012345.0"))
 
 
-def test_line_verdict_uses_decimal_quantities_and_rounds_integer_ones() -> None:
+def test_line_verdict_uses_decimal_quantities_and_truncates_integer_ones() -> None:
+    """An integer-only `quantity` is `quantity_decimal` truncated (docs/stripe.md#invoices)."""
     assert line_is_right(Decimal("0.75"), Decimal("0.75"), integer_quantity=False)
-    assert line_is_right(Decimal(1), Decimal("0.75"), integer_quantity=True)
-    assert not line_is_right(Decimal(0), Decimal("0.75"), integer_quantity=True)
+    assert line_is_right(Decimal(0), Decimal("0.75"), integer_quantity=True)
+    assert not line_is_right(Decimal(1), Decimal("0.75"), integer_quantity=True)
+    assert line_is_right(Decimal(4310), Decimal("4310.5"), integer_quantity=True)
+    assert not line_is_right(Decimal(4311), Decimal("4310.5"), integer_quantity=True)
     assert line_is_right(Decimal(0), Decimal(-5), integer_quantity=False)  # bills as 0
     assert not line_is_right(Decimal(0), Decimal(1200), integer_quantity=False)
 

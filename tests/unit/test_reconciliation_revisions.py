@@ -19,7 +19,6 @@ def report(
         invoice_id="in_1",
         customer_id="cus_1",
         meter_id="mtr_1",
-        subscription_item_id="si_1",
         period=ServicePeriod(start=100, end=200),
         status=ReportStatus(status),
         failure_class=FailureClass(failure_class) if failure_class else None,
@@ -47,7 +46,7 @@ def test_a_correction_that_failed_too_does_not_replace_anything():
 def test_other_periods_and_items_do_not_replace_each_other():
     rejected = report(0, "failed", "2026-11-01T00:00:00Z", failure_class="rejected")
     correction = report(1, "sent", "2026-11-02T00:00:00Z")
-    other_item = dataclasses.replace(correction, subscription_item_id="si_2")
+    other_item = dataclasses.replace(correction, meter_id="mtr_2")
     other_period = dataclasses.replace(correction, period=ServicePeriod(start=100, end=300))
     assert superseded_failures([rejected, other_item, other_period]) == set()
 

@@ -19,7 +19,8 @@ from meterbridge.domain.reports import (
     finalizes_at,
     is_late,
     meter_event_timestamp,
-    plan_reports,
+    plan_invoice,
+    refusal,
     report_identifier,
     stripe_value_text,
     usage_value,
@@ -139,6 +140,24 @@ def test_billing_reasons_are_configurable() -> None:
     assert ineligibility_reason(invoice, {"subscription_cycle", "subscription_update"}) is None
 
 
+@pytest.mark.parametrize(
+    ("billing_reason", "reported"),
+    [
+        ("subscription_cycle", True),
+        ("subscription_update", True),  # a metered price removed or cancelled mid-period
+        ("manual", True),
+        ("subscription_create", False),  # finalizes at once; no past usage
+        ("subscription_threshold", False),  # triggered by usage already in Stripe
+        ("upcoming", False),
+    ],
+)
+def test_by_default_any_draft_with_a_metered_line_is_reported(
+    billing_reason: str, reported: bool
+) -> None:
+    invoice = Invoice.model_validate(basil_invoice(billing_reason=billing_reason))
+    assert (ineligibility_reason(invoice, frozenset()) is None) is reported
+
+
 def test_only_metered_lines_of_reported_meters_are_selected() -> None:
     api = Meter(id="mtr_api", event_name="api_calls")
     storage = Meter(id="mtr_gb", event_name="storage_gb")
@@ -149,7 +168,8 @@ def test_only_metered_lines_of_reported_meters_are_selected() -> None:
         InvoiceLine(id="d", period=PERIOD, subscription_item_id=None),  # one-off item
     ]
     meters = {"a": api, "b": storage, "c": None, "d": api}
-    assert [x[0].id for x in reported_line_meters(lines, meters, None)] == ["a", "b"]
+    # The one-off item stays: the plan says why no report can reach it.
+    assert [x[0].id for x in reported_line_meters(lines, meters, None)] == ["a", "b", "d"]
     assert [x[0].id for x in reported_line_meters(lines, meters, {"storage_gb"})] == ["b"]
 
 
@@ -170,24 +190,32 @@ instants = st.integers(min_value=0, max_value=4_000_000_000)
 
 
 @given(
-    item=st.from_regex(r"si_[A-Za-z0-9]{1,120}", fullmatch=True), start=instants, length=instants
+    customer=st.from_regex(r"cus_[A-Za-z0-9]{1,120}", fullmatch=True),
+    meter=st.from_regex(r"mtr_[A-Za-z0-9]{1,60}", fullmatch=True),
+    start=instants,
+    length=instants,
 )
-def test_identifier_is_deterministic_and_fits_stripe(item: str, start: int, length: int) -> None:
+def test_identifier_is_deterministic_and_fits_stripe(
+    customer: str, meter: str, start: int, length: int
+) -> None:
     period = ServicePeriod(start=start, end=start + length)
-    identifier = report_identifier(item, period)
-    assert identifier == report_identifier(item, ServicePeriod(start=start, end=start + length))
+    identifier = report_identifier(customer, meter, period)
+    same = report_identifier(customer, meter, ServicePeriod(start=start, end=start + length))
+    assert identifier == same
     assert len(identifier) <= IDENTIFIER_MAX_LENGTH
 
 
-@given(item=ids, start=instants, revision=st.integers(0, 1000))
-def test_identifier_changes_with_every_input(item: str, start: int, revision: int) -> None:
+@given(customer=ids, meter=ids, start=instants, revision=st.integers(0, 1000))
+def test_identifier_changes_with_every_input(
+    customer: str, meter: str, start: int, revision: int
+) -> None:
     period = ServicePeriod(start=start, end=start + 100)
-    identifier = report_identifier(item, period, revision)
-    assert identifier != report_identifier(item + "x", period, revision)
-    assert identifier != report_identifier(
-        item, ServicePeriod(start=start, end=start + 101), revision
-    )
-    assert identifier != report_identifier(item, period, revision + 1)
+    identifier = report_identifier(customer, meter, period, revision)
+    assert identifier != report_identifier(customer + "x", meter, period, revision)
+    assert identifier != report_identifier(customer, meter + "x", period, revision)
+    later = ServicePeriod(start=start, end=start + 101)
+    assert identifier != report_identifier(customer, meter, later, revision)
+    assert identifier != report_identifier(customer, meter, period, revision + 1)
 
 
 def test_timestamp_is_last_second_of_a_past_period() -> None:
@@ -280,10 +308,65 @@ def test_repeated_lines_of_one_item_and_period_make_one_report() -> None:
     invoice = Invoice.model_validate(basil_invoice())
     meter = Meter(id="mtr", event_name="calls")
     line = invoice.lines[0]
-    plans = plan_reports(invoice, [(line, meter), (line, meter)], 3600)
-    assert len(plans) == 1
-    assert plans[0].identifier == report_identifier("si_1", PERIOD)
-    assert plans[0].finalizes_at == NOW
+    plan = plan_invoice(invoice, [(line, meter), (line, meter)], 3600)
+    [report] = plan.reports
+    assert report.identifier == report_identifier("cus_1", "mtr", PERIOD)
+    assert report.finalizes_at == NOW
+    assert plan.shared == []  # the same line twice is not two lines
+
+
+def _line(line_id: str, period: ServicePeriod, item: str | None = "si") -> InvoiceLine:
+    return InvoiceLine(id=line_id, period=period, subscription_item_id=item and f"{item}_{line_id}")
+
+
+def test_two_lines_on_one_meter_are_one_report_and_a_shared_meter() -> None:
+    invoice = Invoice.model_validate(basil_invoice())
+    meter = Meter(id="mtr", event_name="calls")
+    other = Meter(id="mtr_other", event_name="storage")
+    lines = [_line("a", PERIOD), _line("b", PERIOD), _line("c", PERIOD)]
+    plan = plan_invoice(invoice, [(lines[0], meter), (lines[1], meter), (lines[2], other)], 3600)
+    assert sorted(len(r.line_ids) for r in plan.reports) == [1, 2]
+    [shared] = plan.shared
+    assert (shared.meter.id, shared.line_ids) == ("mtr", ("a", "b"))
+    assert "priced on 2 lines" in shared.describe()
+
+
+def test_overlapping_periods_on_one_meter_are_shared_adjacent_ones_are_not() -> None:
+    invoice = Invoice.model_validate(basil_invoice())
+    meter = Meter(id="mtr", event_name="calls")
+    first = ServicePeriod(start=PERIOD.start, end=PERIOD.start + 1000)
+    overlapping = ServicePeriod(start=PERIOD.start + 500, end=PERIOD.start + 1500)
+    adjacent = ServicePeriod(start=PERIOD.start + 1000, end=PERIOD.start + 2000)
+    shared = plan_invoice(
+        invoice, [(_line("a", first), meter), (_line("b", overlapping), meter)], 0
+    )
+    assert [s.line_ids for s in shared.shared] == [("a", "b")]
+    assert len(shared.reports) == 2
+    apart = plan_invoice(invoice, [(_line("a", first), meter), (_line("b", adjacent), meter)], 0)
+    assert apart.shared == []
+
+
+def test_count_meters_are_refused_with_the_meter_and_formula_named() -> None:
+    invoice = Invoice.model_validate(basil_invoice())
+    counting = Meter(id="mtr_count", event_name="logins", formula="count")
+    plan = plan_invoice(invoice, [(invoice.lines[0], counting)], 3600)
+    assert plan.reports == []
+    [refused] = plan.unreported
+    assert "logins" in refused.reason
+    assert "'count'" in refused.reason
+    assert refusal(Meter(id="m", event_name="x", formula="last")) is None
+
+
+def test_lines_no_report_can_reach_are_named_not_reported() -> None:
+    invoice = Invoice.model_validate(basil_invoice())
+    meter = Meter(id="mtr", event_name="calls")
+    invoice_item = _line("item", PERIOD, item=None)
+    future = _line("future", ServicePeriod(start=NOW - 100, end=NOW + 86_400))
+    plan = plan_invoice(invoice, [(invoice_item, meter), (future, meter)], 3600)
+    assert plan.reports == []
+    reasons = {u.line_id: u.reason for u in plan.unreported}
+    assert "invoice item" in reasons["item"]
+    assert "had not ended" in reasons["future"]
 
 
 # --- the adaptive meter-event rate limiter (fake clock: no waiting) ----------------------

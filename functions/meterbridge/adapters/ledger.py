@@ -70,6 +70,8 @@ KEY_ATTRIBUTES = (PARTITION_KEY, SORT_KEY, INVOICE_ID, CUSTOMER_ID, CREATED_AT)
 REPORT = "report"
 INVOICE = "invoice"
 EVENT = "event"
+STREAM = "stream"
+STREAM_MEMORY_SECONDS = 7 * 86_400  # Stripe reports validation errors within hours
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -189,9 +191,10 @@ class DynamoDbLedger:
         item = self._get(_report_key(identifier))
         return _report_record(item) if item else None
 
-    def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | None:
-        """Take the right to send `report`; None when it is sent, skipped, or closed (failed
-        in a way only a new revision can fix: rejected by Stripe, or outcome unknown).
+    def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | ReportRecord:
+        """Take the right to send `report`; its record instead when it is sent, skipped, or
+        closed (failed in a way only a new revision can fix: rejected by Stripe, or outcome
+        unknown).
 
         Raises ReportInFlight while another worker's lease is live. A lease outlives a
         crashed worker only until `lease_seconds`; its retry then takes over.
@@ -219,8 +222,10 @@ class DynamoDbLedger:
             answer = self._write(_report_key(report.identifier), update, condition, "ALL_NEW")
         except _ConditionFailed:
             current = self.report(report.identifier)
-            if current is None or current.status.done or current.closed:
-                return None
+            if current is None:  # deleted between the two reads: the next attempt claims it
+                raise ReportInFlight(f"report {report.identifier} changed while claiming") from None
+            if current.status.done or current.closed:
+                return current
             raise ReportInFlight(
                 f"report {report.identifier} is being sent by another worker (lease until"
                 f" {current.lease_expires_at})"
@@ -353,6 +358,40 @@ class DynamoDbLedger:
             }
         )
         self._write(_report_key(identifier), update)
+
+    def mark_suspect(
+        self, identifier: str, *, code: str, message: str, event_id: str, now: int
+    ) -> bool:
+        """Stripe rejected some event of the v2 stream request that carried this report,
+        without saying which: unconfirmed until a confirmation check proves it counted."""
+        update = _Update().set("confirmation_status", ConfirmationStatus.SUSPECT.value)
+        update.set("stripe_error_code", code).set("stripe_error_event_id", event_id)
+        update.set("last_error", message[:1000]).set("updated_at", iso(now))
+        status = update.name("confirmation_status")
+        condition = (
+            f"attribute_exists(pk) AND (attribute_not_exists({status})"
+            f" OR {status} <> {update.value(ConfirmationStatus.CONFIRMED.value)})"
+        )
+        try:
+            self._write(_report_key(identifier), update, condition)
+        except _ConditionFailed:
+            return False
+        return True
+
+    def record_stream_request(self, key: str, identifiers: list[str], now: int) -> None:
+        """Which reports one v2 stream request carried (its idempotency key → identifiers)."""
+        item = {
+            PARTITION_KEY: f"{STREAM}#{key}",
+            SORT_KEY: STREAM,
+            "identifiers": identifiers,
+            "sent_at": now,
+            TTL_ATTRIBUTE: now + STREAM_MEMORY_SECONDS,
+        }
+        self._call(lambda: self._client.put_item(TableName=self._table, Item=_encode(item)))
+
+    def stream_request(self, key: str) -> list[str]:
+        item = self._get({PARTITION_KEY: f"{STREAM}#{key}", SORT_KEY: STREAM})
+        return [str(identifier) for identifier in (item or {}).get("identifiers") or []]
 
     def mark_rejected(
         self, identifier: str, *, code: str, message: str, event_id: str, now: int
@@ -575,7 +614,8 @@ def _planned_attributes(report: PlannedReport) -> dict[str, Any]:
         "identifier": report.identifier,
         INVOICE_ID: report.invoice_id,
         CUSTOMER_ID: report.customer_id,
-        "subscription_item_id": report.subscription_item_id,
+        "subscription_items": list(report.subscription_items),
+        "line_ids": list(report.line_ids),
         "meter_id": report.meter.id,
         "meter_event_name": report.meter.event_name,
         "period_start": report.period.start,
@@ -590,7 +630,9 @@ def _text(value: Decimal | None) -> str | None:
 
 
 def _stored(value: object) -> object:
-    """Enum members are stored as their text."""
+    """Enum members are stored as their text, tuples as lists."""
+    if isinstance(value, tuple):
+        return list(value)
     return value.value if isinstance(value, Enum) else value
 
 
@@ -636,7 +678,11 @@ def _report_record(item: dict[str, Any]) -> ReportRecord:
             start=int(item.get("period_start") or 0), end=int(item.get("period_end") or 0)
         ),
         status=ReportStatus(item.get("status", ReportStatus.PENDING.value)),
-        subscription_item_id=item.get("subscription_item_id"),
+        subscription_items=tuple(
+            item.get("subscription_items")
+            or ([item["subscription_item_id"]] if item.get("subscription_item_id") else [])
+        ),
+        line_ids=tuple(item.get("line_ids") or ()),
         meter_event_name=item.get("meter_event_name"),
         value=_decimal(item, "value"),
         timestamp=_int(item, "timestamp"),
@@ -682,6 +728,7 @@ def _invoice_record(item: dict[str, Any]) -> InvoiceRecord:
         reconciled_lines=int(item.get("reconciled_lines") or 0),
         mismatched_lines=int(item.get("mismatched_lines") or 0),
         reconciled_at=_int(item, "reconciled_at"),
+        findings=tuple(item.get("findings") or ()),
         created_at=str(item.get(CREATED_AT, "")),
         updated_at=str(item.get("updated_at", "")),
     )

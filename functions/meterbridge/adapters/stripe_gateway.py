@@ -8,10 +8,10 @@ Timeouts, retries and error classes are decided here so the worker never sees an
   (STRIPE.md, "Meter events"): AlreadyDelivered, never a failure.
 """
 
-import hashlib
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,13 @@ class MeterEventReceipt:
     duplicate: bool = False
 
 
+STREAM_KEY_PREFIX = "mbs-"
+
+# Called with (idempotency key, identifiers) before each v2 stream request is sent: Stripe's
+# asynchronous error reports name only that key, so the ledger must know what it carried.
+StreamRequestHook = Callable[[str, list[str]], None]
+
+
 def _is_duplicate_identifier(error: stripe.InvalidRequestError) -> bool:
     message = (error.user_message or str(error) or "").lower()
     return "already exists" in message and "identifier" in message
@@ -63,6 +70,7 @@ class StripeGateway:
         meter_event_api: str = "v1",
         meter_event_rate: float = 100.0,
         stream_linger_seconds: float = 0.05,
+        on_stream_request: StreamRequestHook | None = None,
     ):
         base_addresses: Any = {"api": api_base, "meter_events": api_base} if api_base else None
         self._client = stripe.StripeClient(
@@ -83,6 +91,7 @@ class StripeGateway:
             if meter_event_api == "v2"
             else None
         )
+        self._on_stream_request = on_stream_request
         self._session_lock = threading.Lock()
         self._session: tuple[str, float] | None = None  # (token, expires at, unix seconds)
 
@@ -153,36 +162,46 @@ class StripeGateway:
 
     # --- writes ------------------------------------------------------------------------
 
+    # Hold, resume and finalize are safe to repeat, so they carry the SDK's own key (one per
+    # call, reused by its retries): a fixed key would replay a saved 5xx to every later try
+    # for at least 24 h (docs/stripe.md#idempotency).
+
     def hold_invoice(self, invoice_id: str) -> dict[str, Any]:
-        """auto_advance=false: Stripe will not finalize the draft until told (STRIPE.md)."""
-        return self._call(
-            lambda: self._client.v1.invoices.update(
-                invoice_id, {"auto_advance": False}, {"idempotency_key": f"mb-hold-{invoice_id}"}
-            )
-        ).to_dict()
+        """auto_advance=false: Stripe will not finalize the draft until told."""
+        params: Any = {"auto_advance": False}
+        return self._call(lambda: self._client.v1.invoices.update(invoice_id, params)).to_dict()
 
     def resume_invoice(self, invoice_id: str) -> dict[str, Any]:
-        """auto_advance=true again: Stripe finalizes on its own schedule."""
-        return self._call(
-            lambda: self._client.v1.invoices.update(
-                invoice_id,
-                {"auto_advance": True},
-                {"idempotency_key": f"mb-resume-{invoice_id}"},
-            )
-        ).to_dict()
+        """auto_advance=true again: Stripe schedules finalization itself (docs/guard.md)."""
+        params: Any = {"auto_advance": True}
+        return self._call(lambda: self._client.v1.invoices.update(invoice_id, params)).to_dict()
 
     def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """Finalize a held draft with auto_advance=true: an invoice finalized while
+        auto_advance is false stays that way, and Stripe then never collects it — no payment
+        attempt, no dunning, no e-mail (docs/stripe.md#finalize)."""
+        params: Any = {"auto_advance": True}
         return self._call(
-            lambda: self._client.v1.invoices.finalize_invoice(
-                invoice_id, {}, {"idempotency_key": f"mb-finalize-{invoice_id}"}
-            )
+            lambda: self._client.v1.invoices.finalize_invoice(invoice_id, params)
         ).to_dict()
 
     def create_meter_event(
-        self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
+        self,
+        *,
+        event_name: str,
+        payload: dict[str, str],
+        identifier: str,
+        timestamp: int,
+        attempt: int = 1,
     ) -> MeterEventReceipt:
-        """Send one meter event; the identifier doubles as the idempotency key so the
-        SDK's own retries and a later process's retry are the same request to Stripe.
+        """Send one meter event under the idempotency key `<identifier>:a<attempt>`.
+
+        The SDK's own retries reuse the key; the next attempt (a later receive of the
+        message) gets a new one, because Stripe saves a 5xx under its key and replays it to
+        every retry for at least 24 h (docs/stripe.md#idempotency). Whether the event was
+        already counted is the identifier's duplicate check's to say ("already exists"
+        means delivered). Meter error reports name the key: `identifier_of_request_key`
+        maps it back to the report.
 
         With METER_EVENT_API=v2 the event joins the process's stream batch and this call
         returns once the request carrying it (≤ 100 events) was accepted."""
@@ -205,9 +224,10 @@ class StripeGateway:
         }
         try:
             try:
+                key = request_key(identifier, attempt)
                 created = self._call(
                     lambda: self._client.v1.billing.meter_events.create(
-                        params, {"idempotency_key": identifier}
+                        params, {"idempotency_key": key}
                     ),
                     limited=True,
                 )
@@ -237,9 +257,13 @@ class StripeGateway:
 
     def stream_meter_events(self, events: list[dict[str, Any]]) -> None:
         """One v2 meter_event_stream request (≤ 100 events) on the meter_events host,
-        authenticated by the cached session token; Stripe validates the events later."""
-        digest = hashlib.sha256("\n".join(e["identifier"] for e in events).encode())
-        key = f"mb-stream-{digest.hexdigest()[:40]}"
+        authenticated by the cached session token; Stripe validates the events later.
+
+        Each request has a key of its own (never one whose saved answer is a failure), told
+        to `on_stream_request` first: Stripe's error reports name only that key."""
+        key = f"{STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+        if self._on_stream_request is not None:
+            self._on_stream_request(key, [str(e["identifier"]) for e in events])
         params: Any = {"events": events}
         for renewed in (False, True):
             token = self._session_token(renew=renewed)
@@ -351,6 +375,20 @@ class MeterEventStream:
         for item in chunk:
             item.error = error
             item.done.set()
+
+
+ATTEMPT_SEPARATOR = ":a"
+
+
+def request_key(identifier: str, attempt: int) -> str:
+    """The idempotency key of one attempt to send a report (≤ 255 characters)."""
+    return f"{identifier}{ATTEMPT_SEPARATOR}{attempt}"
+
+
+def identifier_of_request_key(key: str) -> str:
+    """The report identifier behind a meter event request's idempotency key."""
+    identifier, separator, attempt = key.rpartition(ATTEMPT_SEPARATOR)
+    return identifier if separator and attempt.isdigit() else key
 
 
 class StripeDuplicate(AlreadyDelivered):

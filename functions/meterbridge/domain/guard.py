@@ -16,7 +16,7 @@ recorded so an operator sees which case it is.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from typing import Literal
 
@@ -51,9 +51,25 @@ class SentUsage:
     sent_at: int = 0  # tie-break for the `last` formula: the later send wins
 
 
-def expected_aggregate(formula: str, usage: Iterable[SentUsage]) -> Decimal:
-    """What the meter's formula makes of these events (sum, count or last)."""
+PRE_AGGREGATION_SECONDS = {"hour": 3600, "day": 86_400}
+
+
+def expected_aggregate(
+    formula: str, usage: Iterable[SentUsage], event_time_window: str | None = None
+) -> Decimal:
+    """What the meter makes of these events: its pre-aggregation window first (the newest
+    event of each hour or day replaces the older ones), then its formula (sum, count or
+    last) — docs/stripe.md#formulas."""
     events = list(usage)
+    size = PRE_AGGREGATION_SECONDS.get(event_time_window or "")
+    if size is not None:
+        newest: dict[int, SentUsage] = {}
+        for event in events:
+            bucket = event.timestamp // size
+            kept = newest.get(bucket)
+            if kept is None or (event.timestamp, event.sent_at) >= (kept.timestamp, kept.sent_at):
+                newest[bucket] = event
+        events = list(newest.values())
     if formula == "count":
         return Decimal(len(events))
     if formula == "last":
@@ -73,21 +89,17 @@ def same_value(observed: Decimal, expected: Decimal) -> bool:
     return abs(observed - expected) <= scale * _RELATIVE_TOLERANCE
 
 
-def billed_quantity(aggregate: Decimal) -> Decimal:
-    """A negative cycle total bills as 0 (STRIPE.md, meter event values)."""
-    return max(aggregate, Decimal(0))
+def billed_quantity(aggregate: Decimal, *, integer_quantity: bool = False) -> Decimal:
+    """What a line bills for an aggregate: a negative cycle total bills as 0; a line that
+    shows only the integer `quantity` (older API versions) shows `quantity_decimal`
+    truncated, not rounded (docs/stripe.md#invoices)."""
+    billed = max(aggregate, Decimal(0))
+    return billed.to_integral_value(ROUND_DOWN) if integer_quantity else billed
 
 
 def line_is_right(invoiced: Decimal, expected: Decimal, *, integer_quantity: bool) -> bool:
-    """Does a finalized metered line bill what the ledger says it should?
-
-    Lines carry `quantity_decimal` where Stripe has it; an integer-only `quantity` is
-    compared with the expected value rounded half up, the most Stripe's shape can show.
-    """
-    want = billed_quantity(expected)
-    if integer_quantity:
-        want = want.to_integral_value(ROUND_HALF_UP)
-    return same_value(invoiced, want)
+    """Does a finalized metered line bill `expected` usage?"""
+    return same_value(invoiced, billed_quantity(expected, integer_quantity=integer_quantity))
 
 
 def next_check_delay(

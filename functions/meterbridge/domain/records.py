@@ -67,6 +67,9 @@ class ConfirmationStatus(StrEnum):
     PENDING = "pending"
     CONFIRMED = "confirmed"
     MISSING = "missing"  # unconfirmed within the margin before finalization
+    # Stripe rejected some event of the v2 stream request that carried it (its error report
+    # names only the request): unconfirmed until a check proves it counted.
+    SUSPECT = "suspect"
 
 
 class ReconciliationStatus(StrEnum):
@@ -119,7 +122,8 @@ class ReportRecord:
     meter_id: str
     period: ServicePeriod
     status: ReportStatus
-    subscription_item_id: str | None = None
+    subscription_items: tuple[str, ...] = ()
+    line_ids: tuple[str, ...] = ()  # the lines of `invoice_id` it is billed on
     meter_event_name: str | None = None
     value: Decimal | None = None  # what was (or is about to be) sent
     timestamp: int | None = None  # the meter event's timestamp
@@ -167,9 +171,9 @@ class ReportRecord:
     def confirmed(self) -> bool:
         return self.confirmation_status is ConfirmationStatus.CONFIRMED
 
-    def report_key(self) -> tuple[str | None, int, int]:
-        """Revisions of one report share this key (subscription item and service period)."""
-        return (self.subscription_item_id, self.period.start, self.period.end)
+    def report_key(self) -> tuple[str, str, int, int]:
+        """Revisions of one report share this key: customer, meter and service period."""
+        return (self.customer_id, self.meter_id, self.period.start, self.period.end)
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,9 @@ class InvoiceRecord:
     reconciled_lines: int = 0
     mismatched_lines: int = 0
     reconciled_at: int | None = None
+    # What the worker found on the invoice's lines beyond its own reports: shared meters,
+    # lines no report can reach, lines billed without a report (one sentence each).
+    findings: tuple[str, ...] = ()
     created_at: str = ""
     updated_at: str = ""
 
@@ -227,6 +234,7 @@ class InvoiceChanges:
     reconciled_lines: int | None = None
     mismatched_lines: int | None = None
     reconciled_at: int | None = None
+    findings: tuple[str, ...] | None = None
     clear_reason: bool = False
     clear_confirmation_schedule: bool = False
 

@@ -1,14 +1,16 @@
 """One usage report: its identifier, timestamp, value and deadline. Pure rules, `now` passed in."""
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, ServicePeriod
 from meterbridge.errors import PermanentError
 
 IDENTIFIER_MAX_LENGTH = 100  # Stripe's limit on meter event identifiers
-IDENTIFIER_PREFIX = "mb1"
+# mb2: one report per customer, meter and service period (mb1 was per subscription item,
+# which billed a meter shared by two items twice over: docs/stripe.md#aggregation).
+IDENTIFIER_PREFIX = "mb2"
 # Stripe accepts meter event timestamps from 35 days ago up to 5 minutes ahead.
 STRIPE_MAX_PAST_SECONDS = 35 * 24 * 3600
 STRIPE_MAX_FUTURE_SECONDS = 5 * 60
@@ -32,14 +34,21 @@ class InvalidUsageValue(PermanentError):
     """The usage source answered something Stripe cannot take as a meter event value."""
 
 
-def report_identifier(subscription_item_id: str, period: ServicePeriod, revision: int = 0) -> str:
-    """The meter event identifier (and idempotency key) of one report.
+def report_identifier(
+    customer_id: str, meter_id: str, period: ServicePeriod, revision: int = 0
+) -> str:
+    """The meter event identifier of one report: customer, meter and service period.
 
-    The same inputs give the same identifier in every process, so a redelivered event,
-    a second event for the same invoice or a DLQ replay all collide on it. Ids long enough
-    to push it past Stripe's 100 characters are replaced by their SHA-256.
+    Stripe aggregates meter events per customer and meter and knows no subscription item
+    (docs/stripe.md#aggregation), so that is what a report is keyed on. The same inputs
+    give the same identifier in every process, so a redelivered event, a second event for
+    the same invoice, a second subscription on the same meter or a DLQ replay all collide
+    on it. Ids long enough to push it past Stripe's 100 characters are replaced by their
+    SHA-256.
     """
-    readable = f"{IDENTIFIER_PREFIX}-{subscription_item_id}-{period.start}-{period.end}-r{revision}"
+    readable = (
+        f"{IDENTIFIER_PREFIX}-{customer_id}-{meter_id}-{period.start}-{period.end}-r{revision}"
+    )
     if len(readable) <= IDENTIFIER_MAX_LENGTH:
         return readable
     digest = hashlib.sha256(readable.encode()).hexdigest()
@@ -132,44 +141,170 @@ def is_late(sent_at: int, deadline: int) -> bool:
 
 @dataclass(frozen=True)
 class PlannedReport:
-    """Everything needed to report one line's usage and to record it in the ledger."""
+    """Everything needed to report one customer, meter and period and to record it."""
 
     identifier: str
     invoice_id: str
     customer_id: str
-    subscription_item_id: str
     meter: Meter
     period: ServicePeriod
     finalizes_at: int
     test_clock: str | None = None
     livemode: bool = False
+    line_ids: tuple[str, ...] = ()  # the invoice's lines this usage is billed on
+    subscription_items: tuple[str, ...] = ()
+    revision: int = 0
+
+    @property
+    def shared(self) -> bool:
+        """More than one line bills this usage: Stripe bills it on each of them."""
+        return len(self.line_ids) > 1
+
+    def revised(self, revision: int) -> "PlannedReport":
+        """The same report under a later revision (an operator's correction)."""
+        identifier = report_identifier(self.customer_id, self.meter.id, self.period, revision)
+        return replace(self, identifier=identifier, revision=revision)
 
 
-def plan_reports(
+@dataclass(frozen=True)
+class SharedMeter:
+    """One customer's meter priced on several invoice lines for overlapping periods.
+
+    Stripe bills every such line the customer's whole aggregate for its period, whatever
+    is reported (docs/stripe.md#aggregation): the usage is billed more than once."""
+
+    customer_id: str
+    meter: Meter
+    line_ids: tuple[str, ...]
+    invoice_ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = f" on invoices {', '.join(self.invoice_ids)}" if self.invoice_ids else ""
+        return (
+            f"meter {self.meter.event_name} ({self.meter.id}) of customer {self.customer_id} is"
+            f" priced on {len(self.line_ids)} lines{where} for overlapping periods"
+            f" ({', '.join(self.line_ids)}): Stripe bills the usage on each of them"
+        )
+
+
+@dataclass(frozen=True)
+class UnreportedLine:
+    """A line priced on a meter that meterbridge cannot report for, and why."""
+
+    line_id: str
+    meter: Meter
+    period: ServicePeriod
+    reason: str
+
+
+@dataclass(frozen=True)
+class InvoicePlan:
+    reports: list[PlannedReport]
+    shared: list[SharedMeter]
+    unreported: list[UnreportedLine]  # refused meters, lines Stripe already fixed
+
+
+# Meters whose formula a usage total cannot express (docs/stripe.md#formulas).
+UNSUPPORTED_FORMULAS = {
+    "count": "counts meter events and ignores their value, so no single usage total can"
+    " be reported for it; use a sum or last meter (or report one event per unit yourself)",
+}
+
+
+def refusal(meter: Meter) -> str | None:
+    """Why meterbridge cannot report this meter, or None."""
+    explanation = UNSUPPORTED_FORMULAS.get(meter.formula)
+    if explanation is None:
+        return None
+    return (
+        f"meter {meter.event_name} ({meter.id}) aggregates with {meter.formula!r}: it {explanation}"
+    )
+
+
+def plan_invoice(
     invoice: Invoice,
     line_meters: list[tuple[InvoiceLine, Meter]],
     grace_period_seconds: int,
-    revision: int = 0,
-) -> list[PlannedReport]:
-    """One report per (subscription item, service period); repeated lines collapse."""
+) -> InvoicePlan:
+    """One report per (meter, service period) of the invoice's metered lines.
+
+    Lines that bill the same meter for overlapping periods are a shared meter: the usage is
+    reported once, and the set-up is flagged. Lines of refused meters, lines without a
+    subscription item (an invoice item Stripe created with its quantity fixed, e.g. when a
+    metered price was removed mid-period) and lines whose period had not ended when the
+    invoice was created are not reported, each with its reason.
+    """
     deadline = finalizes_at(invoice, grace_period_seconds)
-    planned: dict[str, PlannedReport] = {}
+    groups: dict[tuple[str, ServicePeriod], list[tuple[InvoiceLine, Meter]]] = {}
+    unreported: list[UnreportedLine] = []
+    seen: set[str] = set()
     for line, meter in line_meters:
-        if line.subscription_item_id is None:  # reported_line_meters already drops these
+        if line.id in seen:
             continue
-        identifier = report_identifier(line.subscription_item_id, line.period, revision)
-        planned.setdefault(
-            identifier,
-            PlannedReport(
-                identifier=identifier,
-                invoice_id=invoice.id,
-                customer_id=invoice.customer_id,
-                subscription_item_id=line.subscription_item_id,
-                meter=meter,
-                period=line.period,
-                finalizes_at=deadline,
-                test_clock=invoice.test_clock,
-                livemode=invoice.livemode,
+        seen.add(line.id)
+        reason = refusal(meter) or _unreportable(line, invoice)
+        if reason is not None:
+            unreported.append(UnreportedLine(line.id, meter, line.period, reason))
+            continue
+        groups.setdefault((meter.id, line.period), []).append((line, meter))
+    reports = [
+        PlannedReport(
+            identifier=report_identifier(invoice.customer_id, meter_id, period),
+            invoice_id=invoice.id,
+            customer_id=invoice.customer_id,
+            meter=members[0][1],
+            period=period,
+            finalizes_at=deadline,
+            test_clock=invoice.test_clock,
+            livemode=invoice.livemode,
+            line_ids=tuple(line.id for line, _ in members),
+            subscription_items=tuple(
+                line.subscription_item_id for line, _ in members if line.subscription_item_id
             ),
         )
-    return list(planned.values())
+        for (meter_id, period), members in groups.items()
+    ]
+    return InvoicePlan(reports, _shared_meters(invoice, line_meters), unreported)
+
+
+def _unreportable(line: InvoiceLine, invoice: Invoice) -> str | None:
+    if line.subscription_item_id is None:
+        return (
+            "an invoice item, not a subscription item: Stripe fixed its quantity when it created"
+            " it (a metered price removed or switched mid-period), so no report can reach it"
+        )
+    if line.period.end > invoice.created:
+        return (
+            f"its period [{line.period.start}, {line.period.end}) had not ended when the invoice"
+            f" was created ({invoice.created}): its usage belongs to a later invoice"
+        )
+    return None
+
+
+def _shared_meters(
+    invoice: Invoice, line_meters: list[tuple[InvoiceLine, Meter]]
+) -> list[SharedMeter]:
+    by_meter: dict[str, list[tuple[InvoiceLine, Meter]]] = {}
+    for line, meter in {line.id: (line, meter) for line, meter in line_meters}.values():
+        by_meter.setdefault(meter.id, []).append((line, meter))
+    shared = []
+    for members in by_meter.values():
+        overlapping = {
+            line.id
+            for line, _ in members
+            for other, _ in members
+            if other.id != line.id and overlaps(line.period, other.period)
+        }
+        if overlapping:
+            shared.append(
+                SharedMeter(
+                    invoice.customer_id,
+                    members[0][1],
+                    tuple(line.id for line, _ in members if line.id in overlapping),
+                )
+            )
+    return shared
+
+
+def overlaps(first: ServicePeriod, second: ServicePeriod) -> bool:
+    return first.start < second.end and second.start < first.end

@@ -30,9 +30,12 @@ from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, EventEnvelope, read_bo
 from meterbridge.observability import count, logger, metrics, tracer
 from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
 from meterbridge.worker.reporting import EventOutcome
+from meterbridge.worker.subscription_changes import DELETED, UPDATED
 
 INVOICE_CREATED = "invoice.created"
 INVOICE_FINALIZED = "invoice.finalized"
+# A metered item removed, its price switched or the subscription cancelled mid-period.
+SUBSCRIPTION_EVENT_TYPES = frozenset({UPDATED, DELETED})
 # Thin events: Stripe's asynchronous verdicts on meter events already accepted with a 200.
 METER_ERROR_EVENT_TYPES = frozenset(
     {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
@@ -162,6 +165,19 @@ class Worker:
                 raise PermanentError(f"event {envelope.id} carries no invoice")
             result = pipeline.reconciliation.reconcile(document, now)
             outcome = EventOutcome(envelope.id, envelope.type, result)
+        elif envelope.type in SUBSCRIPTION_EVENT_TYPES:
+            if event is None:
+                event = pipeline.stripe.event(envelope.id)
+            cut = pipeline.subscription_changes.on_event(event)
+            outcome = EventOutcome(
+                envelope.id, envelope.type, "usage_not_reported" if cut else "checked"
+            )
+            outcome.reason = (
+                "; ".join(
+                    f"{c.meter.event_name} of {c.customer_id}: {c.usage} unreported" for c in cut
+                )
+                or None
+            )
         elif envelope.type in METER_ERROR_EVENT_TYPES:
             # The queued body is the thin notification as Stripe signed it (already verified).
             notification = json.dumps(event) if event is not None else None

@@ -32,6 +32,7 @@ from meterbridge.worker.ports import ConfirmQueue, Ledger, MessageVisibility, St
 from meterbridge.worker.reconciliation import InvoiceReconciliation
 from meterbridge.worker.reporting import InvoiceReporting
 from meterbridge.worker.sending import ReportSender
+from meterbridge.worker.subscription_changes import SubscriptionChanges
 from meterbridge.worker.usage import UsageReader
 
 
@@ -61,6 +62,7 @@ class Pipeline:
     confirmation: Confirmation
     reconciliation: InvoiceReconciliation
     meter_errors: MeterErrors
+    subscription_changes: SubscriptionChanges
     reporting_policy: ReportingPolicy
     guard_policy: GuardPolicy
 
@@ -104,6 +106,7 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
             parameter_validation=False,
         )
         dynamodb = boto3.client("dynamodb", config=config)
+    ledger = DynamoDbLedger(settings.ledger_table, dynamodb)
     stripe = StripeGateway(
         secrets.api_key,
         api_base=settings.stripe_api_base,
@@ -114,6 +117,9 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
         meter_event_api=settings.meter_event_api,
         meter_event_rate=settings.meter_event_rate,
         stream_linger_seconds=settings.stream_linger_seconds,
+        on_stream_request=lambda key, identifiers: ledger.record_stream_request(
+            key, identifiers, int(time.time())
+        ),
     )
     usage_source = usage_source_from(
         settings.usage_source,
@@ -124,7 +130,7 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
     queue = SqsQueue(settings.queue_url, attempts=3) if settings.queue_url else None
     return Dependencies(
         stripe=stripe,
-        ledger=DynamoDbLedger(settings.ledger_table, dynamodb),
+        ledger=ledger,
         usage_source=usage_source,
         confirm_queue=queue,
         visibility=queue,
@@ -192,8 +198,9 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
         sender=sender,
         hold=hold,
         confirmation=confirmation,
-        reconciliation=InvoiceReconciliation(stripe, ledger, invoices, usage, hold),
+        reconciliation=InvoiceReconciliation(ledger, planner, usage, hold),
         meter_errors=MeterErrors(stripe, ledger),
+        subscription_changes=SubscriptionChanges(stripe, usage),
         reporting_policy=reporting_policy,
         guard_policy=guard_policy,
     )

@@ -22,7 +22,7 @@ from meterbridge.domain.guard import (
     same_value,
     summary_window,
 )
-from meterbridge.domain.invoices import Invoice
+from meterbridge.domain.invoices import Invoice, Meter
 from meterbridge.domain.records import (
     ConfirmationStatus,
     HoldStatus,
@@ -194,7 +194,8 @@ class Confirmation:
                 and r.timestamp is not None
                 and in_window(r.timestamp, window)
             ]
-            expected = expected_aggregate(self._formula(meter_id), peers)
+            meter = Meter.from_stripe(self._stripe.meter(meter_id))
+            expected = expected_aggregate(meter.formula, peers, meter.event_time_window)
             counted = same_value(observed, expected)
             status = ConfirmationStatus.CONFIRMED
             if not counted:
@@ -221,10 +222,6 @@ class Confirmation:
                         },
                     )
         return confirmed
-
-    def _formula(self, meter_id: str) -> str:
-        meter = self._stripe.meter(meter_id)
-        return str((meter.get("default_aggregation") or {}).get("formula") or "sum")
 
 
 def _planned_deadline(reports: list[ReportRecord]) -> int | None:

@@ -1,13 +1,14 @@
 """Planning an invoice's reports: which lines, which meters, which identifiers.
 
 invoice → every line (paged) → each line's price → its meter → one PlannedReport per
-(subscription item, service period) of a meter meterbridge reports (domain/reports.py).
-Prices and meters are cached by the Stripe adapter: they never change.
+customer, meter and service period of a meter meterbridge reports, with the shared meters
+and the lines no report can reach (domain/reports.plan_invoice). Prices and meters are
+cached by the Stripe adapter: they never change.
 """
 
 from meterbridge.domain.eligibility import reported_line_meters
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice
-from meterbridge.domain.reports import PlannedReport, plan_reports
+from meterbridge.domain.reports import InvoicePlan, plan_invoice
 from meterbridge.worker.invoices import InvoiceReader
 from meterbridge.worker.policy import ReportingPolicy
 from meterbridge.worker.ports import Stripe
@@ -19,11 +20,14 @@ class InvoicePlanner:
         self._invoices = invoices
         self._policy = policy
 
-    def plan(self, invoice: Invoice) -> list[PlannedReport]:
+    def plan(self, invoice: Invoice) -> InvoicePlan:
+        return plan_invoice(invoice, self.metered_lines(invoice), self._policy.grace_period_seconds)
+
+    def metered_lines(self, invoice: Invoice) -> list[tuple[InvoiceLine, Meter]]:
+        """Every line priced on a meter meterbridge reports, with its meter."""
         lines = self._invoices.lines(invoice)
         meter_by_line = {line.id: self.meter_of(line) for line in lines}
-        selected = reported_line_meters(lines, meter_by_line, self._policy.meter_event_names)
-        return plan_reports(invoice, selected, self._policy.grace_period_seconds)
+        return reported_line_meters(lines, meter_by_line, self._policy.meter_event_names)
 
     def meter_of(self, line: InvoiceLine) -> Meter | None:
         price = line.price

@@ -10,7 +10,7 @@ from meterbridge.domain.guard import GuardMode
 class ReportingPolicy:
     """What to report and how long to remember."""
 
-    billing_reasons: Collection[str] = frozenset({"subscription_cycle"})
+    billing_reasons: Collection[str] = frozenset()  # empty: eligibility's default
     meter_event_names: Collection[str] = frozenset()
     report_zero_usage: bool = True
     grace_period_seconds: int = 3600

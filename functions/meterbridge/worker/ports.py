@@ -34,7 +34,13 @@ class Stripe(Protocol):
     def meter_usage(self, meter_id: str, customer_id: str, start: int, end: int) -> Decimal: ...
     def thin_event(self, notification: str | None, event_id: str) -> dict[str, Any]: ...
     def create_meter_event(
-        self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
+        self,
+        *,
+        event_name: str,
+        payload: dict[str, str],
+        identifier: str,
+        timestamp: int,
+        attempt: int = 1,
     ) -> MeterEventReceipt: ...
     def hold_invoice(self, invoice_id: str) -> dict[str, Any]: ...
     def resume_invoice(self, invoice_id: str) -> dict[str, Any]: ...
@@ -44,7 +50,9 @@ class Stripe(Protocol):
 class ReportLedger(Protocol):
     """Claims and the moves of one report: pending → sent | late | skipped | failed."""
 
-    def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | None: ...
+    def claim(
+        self, report: PlannedReport, now: int, lease_seconds: int
+    ) -> Claim | ReportRecord: ...
     def claim_new(
         self, report: PlannedReport, value: Decimal, timestamp: int, now: int, lease_seconds: int
     ) -> Claim | None: ...
@@ -103,9 +111,15 @@ class GuardLedger(InvoiceLedger, Protocol):
 
 
 class RejectionLedger(Protocol):
+    """Stripe's asynchronous verdicts on reports it accepted."""
+
     def mark_rejected(
         self, identifier: str, *, code: str, message: str, event_id: str, now: int
     ) -> bool: ...
+    def mark_suspect(
+        self, identifier: str, *, code: str, message: str, event_id: str, now: int
+    ) -> bool: ...
+    def stream_request(self, key: str) -> list[str]: ...
 
 
 class EventLedger(Protocol):
@@ -121,6 +135,7 @@ class Ledger(ReportLedger, HoldLedger, GuardLedger, RejectionLedger, EventLedger
     """Everything the worker's steps need together (the composition root's view)."""
 
     def report(self, identifier: str) -> ReportRecord | None: ...
+    def record_stream_request(self, key: str, identifiers: list[str], now: int) -> None: ...
 
 
 class ConfirmQueue(Protocol):

@@ -1,16 +1,22 @@
 """Reconciling a finalized invoice (invoice.finalized, in every INVOICE_GUARD mode).
 
-Each metered line meterbridge reported is compared with what the ledger's reports say it
-should bill and with the usage source's value now; the ledger records `reconciled` or
-`mismatch` with the numbers, and InvoiceLineMismatches raises an alarm.
+Every line priced on a meter meterbridge reports is judged, whether or not meterbridge saw
+the invoice as a draft (domain/reconciliation.py has the rule): the lines that bill one
+meter for one period against the usage source's value now. The verdict is written on the
+report (or, for lines without a report of this invoice, on the invoice's record as a
+finding); InvoiceLineMismatches raises an alarm, UsageNotReported and SharedMeter say why.
 """
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from meterbridge.domain.guard import expected_aggregate, line_is_right, same_value
-from meterbridge.domain.invoices import Invoice, InvoiceLine
+from meterbridge.domain.guard import expected_aggregate
+from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, ServicePeriod
+from meterbridge.domain.reconciliation import LineFacts, Verdict, judge
 from meterbridge.domain.records import (
+    FailureClass,
     HoldStatus,
     InvoiceChanges,
     Reconciliation,
@@ -19,40 +25,62 @@ from meterbridge.domain.records import (
     ReportRecord,
     ReportStatus,
 )
+from meterbridge.domain.reports import overlaps, report_identifier
 from meterbridge.errors import PermanentError
 from meterbridge.observability import count, logger
 from meterbridge.worker.confirmation import sent_usage
 from meterbridge.worker.holding import DraftHold
-from meterbridge.worker.invoices import InvoiceReader, parse_invoice
-from meterbridge.worker.ports import GuardLedger, Stripe
+from meterbridge.worker.invoices import parse_invoice
+from meterbridge.worker.planning import InvoicePlanner
+from meterbridge.worker.ports import GuardLedger
 from meterbridge.worker.usage import UsageReader
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The lines of the invoice that bill one meter for one period."""
+
+    meter: Meter
+    period: ServicePeriod
+    lines: list[InvoiceLine]
+
+    @property
+    def invoiced(self) -> Decimal:
+        return sum((line.quantity or Decimal(0) for line in self.lines), Decimal(0))
+
+    @property
+    def integer_quantity(self) -> bool:
+        return any(line.quantity_is_integer for line in self.lines)
 
 
 class InvoiceReconciliation:
     def __init__(
         self,
-        stripe: Stripe,
         ledger: GuardLedger,
-        invoices: InvoiceReader,
-        usage: UsageReader | None,
+        planner: InvoicePlanner,
+        usage: UsageReader,
         hold: DraftHold,
     ):
-        self._stripe = stripe
         self._ledger = ledger
-        self._invoices = invoices
+        self._planner = planner
         self._usage = usage
         self._hold = hold
 
     def reconcile(self, document: dict[str, Any], now: int) -> str:
-        """Compare each metered line meterbridge reported with the ledger's expectation."""
+        """Judge each metered line of a finalized invoice against the usage source."""
         record = self._ledger.invoice(str(document.get("id")))
-        if record is None:
-            return "ignored"  # never seen as a draft meterbridge reports for
-        invoice = parse_invoice(document)
-        if record.held:
+        try:
+            invoice = parse_invoice(document)
+        except PermanentError:
+            if record is None:
+                return "ignored"  # not an invoice meterbridge can read, nor one it knows
+            raise
+        if record is not None and record.held:
             self._hold.mark_released(invoice, HoldStatus.RELEASED, ReleaseAction.NONE, now)
-        reports = self._ledger.invoice_reports(invoice.id)
-        if not reports:
+        groups = self._groups(self._planner.metered_lines(invoice))
+        if not groups:
+            if record is None:
+                return "ignored"  # bills no meter meterbridge reports
             self._ledger.update_invoice(
                 invoice.id,
                 invoice.customer_id,
@@ -62,16 +90,17 @@ class InvoiceReconciliation:
                 now,
             )
             return ReconciliationStatus.NOT_REPORTED.value
-        by_line = {r.report_key(): r for r in reports}
+        reports = self._reports(invoice, groups)
         right = wrong = 0
-        for line in self._invoices.lines(invoice):
-            report = by_line.get((line.subscription_item_id, line.period.start, line.period.end))
-            if report is None:
-                continue
-            if self._reconcile_line(invoice, line, report, now):
-                right += 1
+        findings = list(record.findings) if record is not None else []
+        for group in groups:
+            verdict, note = self._judge(invoice, group, reports, now)
+            if verdict.status is ReconciliationStatus.RECONCILED:
+                right += len(group.lines)
             else:
-                wrong += 1
+                wrong += len(group.lines)
+            if note is not None and note not in findings:
+                findings.append(note)
         status = ReconciliationStatus.MISMATCH if wrong else ReconciliationStatus.RECONCILED
         self._ledger.update_invoice(
             invoice.id,
@@ -81,74 +110,126 @@ class InvoiceReconciliation:
                 reconciled_lines=right,
                 mismatched_lines=wrong,
                 reconciled_at=now,
+                findings=tuple(findings) if findings else None,
             ),
             now,
         )
         count("InvoicesMismatched" if wrong else "InvoicesReconciled")
         return status.value
 
-    def _reconcile_line(
-        self, invoice: Invoice, line: InvoiceLine, report: ReportRecord, now: int
-    ) -> bool:
-        peers = [
-            r
-            for r in self._ledger.customer_reports(invoice.customer_id, since=line.period.start)
-            if r.meter_id == report.meter_id
-            and r.status is not ReportStatus.SKIPPED
-            and r.timestamp is not None
-            and line.period.start <= r.timestamp < line.period.end
-        ]
-        replaced = superseded_failures(peers)
-        peers = [r for r in peers if r.identifier not in replaced]
-        # What should be billed is what the usage source said, sent or not: a report that
-        # failed to reach Stripe is exactly the loss reconciliation exists to show.
-        expected = expected_aggregate(
-            self._formula(report.meter_id), [sent_usage(r) for r in peers]
-        )
-        unknown = report.status is not ReportStatus.SKIPPED and report.value is None
-        invoiced = line.quantity if line.quantity is not None else Decimal(0)
-        reason = None
-        if unknown:
-            reason = "no_value_recorded"
-        elif not line_is_right(invoiced, expected, integer_quantity=line.quantity_is_integer):
-            reason = "stripe_differs"  # lost (or extra) usage on Stripe's side
-        source = self._source_now(invoice, report, line)
-        reported = report.value if report.value is not None else Decimal(0)
-        if reason is None and source is not None and not same_value(source, reported):
-            reason = "usage_changed"  # the usage source moved on after the report was sent
-        self._ledger.record_reconciliation(
-            report.identifier,
-            Reconciliation(
-                status=ReconciliationStatus.MISMATCH if reason else ReconciliationStatus.RECONCILED,
-                invoiced=invoiced,
-                expected=expected,
-                source=source,
-                reason=reason,
-                reconciled_at=now,
-            ),
-        )
-        if reason:
-            count("InvoiceLineMismatches")
-            logger.error(
-                "finalized invoice line does not bill the usage",
-                extra={
-                    "invoice_id": invoice.id,
-                    "identifier": report.identifier,
-                    "mismatch_reason": reason,
-                    "invoiced_quantity": str(invoiced),
-                    "expected_quantity": "unknown" if unknown else str(expected),
-                    "source_quantity": None if source is None else str(source),
-                },
-            )
-        return reason is None
+    @staticmethod
+    def _groups(metered: Iterable[tuple[InvoiceLine, Meter]]) -> list[_Group]:
+        groups: dict[tuple[str, ServicePeriod], _Group] = {}
+        for line, meter in {line.id: (line, meter) for line, meter in metered}.values():
+            key = (meter.id, line.period)
+            groups.setdefault(key, _Group(meter, line.period, [])).lines.append(line)
+        return list(groups.values())
 
-    def _source_now(
-        self, invoice: Invoice, report: ReportRecord, line: InvoiceLine
-    ) -> Decimal | None:
-        if self._usage is None or report.meter_event_name is None:
-            return None
+    def _reports(self, invoice: Invoice, groups: list[_Group]) -> list[ReportRecord]:
+        """The customer's reports on these meters since the earliest period began."""
+        meters = {group.meter.id for group in groups}
+        since = min(group.period.start for group in groups)
+        return [
+            r
+            for r in self._ledger.customer_reports(invoice.customer_id, since=since)
+            if r.meter_id in meters and r.status is not ReportStatus.SKIPPED
+        ]
+
+    def _judge(
+        self, invoice: Invoice, group: _Group, reports: list[ReportRecord], now: int
+    ) -> tuple[Verdict, str | None]:
+        meter, period = group.meter, group.period
+        on_meter = [r for r in reports if r.meter_id == meter.id]
+        own = [r for r in on_meter if (r.period.start, r.period.end) == (period.start, period.end)]
+        counted = [r for r in _not_superseded(own) if r.delivered]
+        # Stripe bills a line every event of the customer on this meter inside its period.
+        in_period = [
+            r
+            for r in _not_superseded(on_meter)
+            if r.delivered and r.timestamp is not None and period.start <= r.timestamp < period.end
+        ]
+        others = [
+            r
+            for r in on_meter
+            if r.invoice_id != invoice.id and overlaps(r.period, period) and r.delivered
+        ]
+        source = self._source_now(invoice, meter, period)
+        facts = LineFacts(
+            invoiced=group.invoiced,
+            integer_quantity=group.integer_quantity,
+            source=source,
+            reported=(
+                expected_aggregate(
+                    meter.formula, [sent_usage(r) for r in in_period], meter.event_time_window
+                )
+                if counted
+                else None
+            ),
+            shared=len(group.lines) > 1 or bool(others),
+            rejected=any(r.failure_class is FailureClass.REJECTED for r in _not_superseded(own)),
+            late=any(r.status is ReportStatus.LATE for r in counted),
+        )
+        verdict = judge(facts)
+        first = report_identifier(invoice.customer_id, meter.id, period)
+        primary = next(
+            (r for r in own if r.invoice_id == invoice.id and r.identifier == first), None
+        )
+        note = None
+        if primary is not None:
+            self._ledger.record_reconciliation(
+                primary.identifier,
+                Reconciliation(
+                    status=verdict.status,
+                    invoiced=group.invoiced,
+                    expected=verdict.expected,
+                    source=source,
+                    reason=verdict.reason,
+                    reconciled_at=now,
+                ),
+            )
+        elif verdict.status is ReconciliationStatus.MISMATCH:
+            note = (
+                f"lines {', '.join(line.id for line in group.lines)} bill meter"
+                f" {meter.event_name} for [{period.start}, {period.end}): invoiced"
+                f" {group.invoiced}, source {source} ({verdict.reason})"
+            )
+        if verdict.status is ReconciliationStatus.MISMATCH:
+            self._alarm(invoice, group, verdict, source, others)
+        return verdict, note
+
+    def _alarm(
+        self,
+        invoice: Invoice,
+        group: _Group,
+        verdict: Verdict,
+        source: Decimal | None,
+        others: list[ReportRecord],
+    ) -> None:
+        count("InvoiceLineMismatches")
+        if verdict.reason == "not_reported" and (verdict.expected or 0) > group.invoiced:
+            count("UsageNotReported")
+        if verdict.reason == "shared_meter":
+            count("SharedMeter")
+        logger.error(
+            "finalized invoice lines do not bill the usage",
+            extra={
+                "invoice_id": invoice.id,
+                "customer_id": invoice.customer_id,
+                "meter": group.meter.id,
+                "lines": [line.id for line in group.lines],
+                "period_start": group.period.start,
+                "period_end": group.period.end,
+                "mismatch_reason": verdict.reason,
+                "invoiced_quantity": str(group.invoiced),
+                "expected_quantity": None if verdict.expected is None else str(verdict.expected),
+                "source_quantity": None if source is None else str(source),
+                "other_invoices": sorted({r.invoice_id for r in others}),
+            },
+        )
+
+    def _source_now(self, invoice: Invoice, meter: Meter, period: ServicePeriod) -> Decimal | None:
         try:
-            return self._usage.current(invoice.customer_id, report.meter_event_name, line.period)
+            return self._usage.current(invoice.customer_id, meter.event_name, period)
         except PermanentError as error:  # transient errors retry the whole event
             logger.warning(
                 "usage source unreadable at reconciliation",
@@ -156,18 +237,19 @@ class InvoiceReconciliation:
             )
             return None
 
-    def _formula(self, meter_id: str) -> str:
-        meter = self._stripe.meter(meter_id)
-        return str((meter.get("default_aggregation") or {}).get("formula") or "sum")
+
+def _not_superseded(reports: list[ReportRecord]) -> list[ReportRecord]:
+    replaced = superseded_failures(reports)
+    return [r for r in reports if r.identifier not in replaced]
 
 
 def superseded_failures(reports: list[ReportRecord]) -> set[str]:
     """Identifiers of closed failures (Stripe rejected it; or its outcome is unknown) that a
-    later, delivered revision of the same report (subscription item and period) replaced:
-    the correction (`meterbridge report --force`) carries their usage, so counting both
-    would expect the usage twice. (If Stripe did count an unknown one, it then bills more
-    than expected: the mismatch that should alarm.)"""
-    groups: dict[tuple[str | None, int, int], list[ReportRecord]] = {}
+    later, delivered revision of the same report replaced: the correction (`meterbridge
+    report --force`) carries their usage, so counting both would expect the usage twice.
+    (If Stripe did count an unknown one, it then bills more than expected: the mismatch
+    that should alarm.)"""
+    groups: dict[tuple[str, str, int, int], list[ReportRecord]] = {}
     for report in reports:
         groups.setdefault(report.report_key(), []).append(report)
     replaced: set[str] = set()

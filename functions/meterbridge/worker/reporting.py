@@ -14,7 +14,7 @@ from typing import Any
 from meterbridge.domain.eligibility import ineligibility_reason
 from meterbridge.domain.invoices import Invoice
 from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus
-from meterbridge.domain.reports import PlannedReport
+from meterbridge.domain.reports import InvoicePlan, refusal
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.messages import EventEnvelope
 from meterbridge.observability import count, logger
@@ -24,7 +24,7 @@ from meterbridge.worker.invoices import InvoiceReader, invoice_of_event, parse_i
 from meterbridge.worker.planning import InvoicePlanner
 from meterbridge.worker.policy import ReportingPolicy
 from meterbridge.worker.ports import InvoiceLedger, Stripe
-from meterbridge.worker.sending import ReportSender
+from meterbridge.worker.sending import ReportSender, SendResult
 from meterbridge.worker.usage import UsageReader
 
 
@@ -128,11 +128,11 @@ class InvoiceReporting:
         context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
         reason = ineligibility_reason(invoice, self._policy.billing_reasons)
         tenant: str | None = None
-        plans: list[PlannedReport] = []
+        plan = InvoicePlan([], [], [])
         if reason is None:
             try:
-                plans = self._planner.plan(invoice)
-                tenant = self._usage.tenant(invoice.customer_id) if plans else None
+                plan = self._planner.plan(invoice)
+                tenant = self._usage.tenant(invoice.customer_id) if plan.reports else None
             except PermanentError as error:
                 self._ledger.update_invoice(
                     invoice.id,
@@ -143,20 +143,25 @@ class InvoiceReporting:
                 count("InvoicesFailed")
                 logger.error("invoice cannot be reported", extra={**context, "reason": str(error)})
                 raise
-            if not plans:
+            if not plan.reports and not plan.unreported:
                 reason = "no line is priced by a meter that meterbridge reports"
-        if reason is not None:
+        findings = self._findings(invoice, plan)
+        refused = [u.reason for u in plan.unreported if refusal(u.meter)]
+        if reason is not None or not plan.reports:
+            reason = reason or "; ".join(findings) or "nothing to report"
+            status = InvoiceStatus.FAILED if refused else InvoiceStatus.SKIPPED
             self._record(
                 invoice,
-                InvoiceStatus.SKIPPED,
-                reason=reason,
+                status,
+                reason=reason[:1000],
                 now=now,
                 report_count=0,
                 created_event=created_event,
+                findings=findings,
             )
-            count("InvoicesSkipped")
-            logger.info("invoice skipped", extra={**context, "reason": reason})
-            return EventOutcome("", "", "skipped", reason=reason)
+            count("InvoicesFailed" if refused else "InvoicesSkipped")
+            logger.info("invoice not reported", extra={**context, "reason": reason})
+            return EventOutcome("", "", status.value, reason=reason)
 
         if self._guarded and isinstance(record, Unread):
             record = self._ledger.invoice(invoice.id)
@@ -166,29 +171,35 @@ class InvoiceReporting:
         permanent: list[str] = []
         try:
             if self._guarded:
-                self._hold.hold(invoice, now, report_count=len(plans), record=known)
+                self._hold.hold(invoice, now, report_count=len(plan.reports), record=known)
             clock_offset = self.clock_offset(invoice, now)
-            for plan in plans:
+            for report in plan.reports:
                 if deadline is not None and time.monotonic() > deadline:
-                    statuses[plan.identifier] = "retry"
-                    transient.append(f"{plan.identifier}: not started, out of invocation time")
+                    statuses[report.identifier] = "retry"
+                    transient.append(f"{report.identifier}: not started, out of invocation time")
                     continue
                 try:
                     # Each report's own `now`: leases and timestamps from when it starts.
                     result = self._sender.send(
-                        plan,
+                        report,
                         tenant,
                         int(self._clock()),
                         clock_offset=clock_offset,
                         careful=careful,
                     )
-                    statuses[plan.identifier] = result.value
+                    statuses[report.identifier] = result.value
+                    if result is SendResult.REPORTED_ELSEWHERE:
+                        findings.append(
+                            f"meter {report.meter.event_name} for [{report.period.start},"
+                            f" {report.period.end}) is also billed on another invoice's line"
+                            " and was reported for it (shared meter)"
+                        )
                 except TransientError as error:
-                    statuses[plan.identifier] = "retry"
-                    transient.append(f"{plan.identifier}: {error}")
+                    statuses[report.identifier] = "retry"
+                    transient.append(f"{report.identifier}: {error}")
                 except PermanentError as error:
-                    statuses[plan.identifier] = "failed"
-                    permanent.append(f"{plan.identifier}: {error}")
+                    statuses[report.identifier] = "failed"
+                    permanent.append(f"{report.identifier}: {error}")
         except BaseException:
             if self._guarded:
                 # Whatever happened (a ledger error, a Stripe outage while holding): a held
@@ -200,19 +211,46 @@ class InvoiceReporting:
         first_check = self._confirmation.first_check(invoice, now, known) if self._guarded else None
         self._record(
             invoice,
-            InvoiceStatus.FAILED if failed else InvoiceStatus.REPORTED,
-            reason="; ".join(failed)[:1000] or None,
+            InvoiceStatus.FAILED if failed or refused else InvoiceStatus.REPORTED,
+            reason="; ".join(failed + refused)[:1000] or None,
             now=now,
-            report_count=len(plans),
+            report_count=len(plan.reports),
             # A failed event is not done: its redelivery (or DLQ replay) must run.
             created_event=None if failed else created_event,
             guard=first_check,
+            findings=findings,
         )
         if transient:
             raise TransientError("; ".join(transient))
         if permanent:
             raise PermanentError("; ".join(permanent))
         return EventOutcome("", "", "reported", reports=statuses)
+
+    def _findings(self, invoice: Invoice, plan: InvoicePlan) -> list[str]:
+        """Shared meters and lines no report can reach, each alarmed and written down."""
+        context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
+        findings = []
+        for shared in plan.shared:
+            count("SharedMeter")
+            logger.error(
+                "a meter is priced on several lines of one customer: Stripe bills the usage on"
+                " each (reported once)",
+                extra={**context, "meter": shared.meter.id, "lines": list(shared.line_ids)},
+            )
+            findings.append(shared.describe())
+        for line in plan.unreported:
+            if refusal(line.meter):
+                # Refused for good: alarmed once, never retried in a loop.
+                count("ReportsFailed")
+                count("UnsupportedMeters")
+                logger.error("meter not reportable", extra={**context, "reason": line.reason})
+            else:
+                logger.warning(
+                    "metered line not reportable",
+                    extra={**context, "line_id": line.line_id, "reason": line.reason},
+                )
+            findings.append(f"line {line.line_id}: {line.reason}")
+        return findings
 
     def _record(
         self,
@@ -224,9 +262,14 @@ class InvoiceReporting:
         report_count: int,
         created_event: str | None,
         guard: InvoiceChanges | None = None,
+        findings: list[str] | None = None,
     ) -> None:
         changes = InvoiceChanges(
-            status=status, reason=reason, report_count=report_count, clear_reason=reason is None
+            status=status,
+            reason=reason,
+            report_count=report_count,
+            clear_reason=reason is None,
+            findings=tuple(findings) if findings else None,
         )
         self._ledger.update_invoice(
             invoice.id,

@@ -14,7 +14,7 @@ from enum import StrEnum
 from aws_lambda_powertools.metrics import MetricUnit
 
 from meterbridge.adapters.stripe_gateway import MeterEventReceipt
-from meterbridge.domain.records import Claim, FailureClass
+from meterbridge.domain.records import Claim, FailureClass, ReportRecord
 from meterbridge.domain.reports import (
     PlannedReport,
     SendOutcomeUnknown,
@@ -34,6 +34,9 @@ class SendResult(StrEnum):
     LATE = "late"
     SKIPPED = "skipped"
     ALREADY_RECORDED = "already_recorded"
+    # Recorded for another invoice: the same customer, meter and period are billed on a line
+    # of another invoice too (two subscriptions on one meter). Sent once, never again.
+    REPORTED_ELSEWHERE = "reported_elsewhere"
 
 
 class ReportSender:
@@ -84,11 +87,10 @@ class ReportSender:
                 )
         fresh = claim is not None
         if claim is None:
-            claim = self._ledger.claim(plan, now, self._policy.lease_seconds)
-        if claim is None:
-            count("ReportsAlreadyRecorded")
-            logger.info("report already recorded; not sent again", extra=context)
-            return SendResult.ALREADY_RECORDED
+            claimed = self._ledger.claim(plan, now, self._policy.lease_seconds)
+            if isinstance(claimed, ReportRecord):
+                return self._recorded(plan, claimed, context)
+            claim = claimed
         try:
             if not fresh:
                 check_resend(plan.identifier, claim.send_started_at, now)
@@ -106,7 +108,7 @@ class ReportSender:
                 return SendResult.SKIPPED
             if not fresh:
                 self._ledger.record_value(claim, measurement.value, measurement.timestamp, now)
-            receipt = self._send(plan, measurement)
+            receipt = self._send(plan, measurement, claim.attempt)
         except (TransientError, PermanentError) as error:
             self._fail(claim, error, now, context)
             raise
@@ -132,7 +134,25 @@ class ReportSender:
     def _worth_sending(self, value: Decimal) -> bool:
         return value != 0 or self._policy.report_zero_usage
 
-    def _send(self, plan: PlannedReport, measurement: Measured) -> MeterEventReceipt:
+    def _recorded(
+        self, plan: PlannedReport, record: ReportRecord, context: dict[str, str]
+    ) -> SendResult:
+        if record.invoice_id != plan.invoice_id:
+            count("SharedMeter")
+            logger.error(
+                "the same usage is billed on another invoice's line (shared meter): reported"
+                " once, for that invoice",
+                extra={**context, "other_invoice_id": record.invoice_id, "meter": plan.meter.id},
+            )
+            return SendResult.REPORTED_ELSEWHERE
+        count("ReportsAlreadyRecorded")
+        logger.info("report already recorded; not sent again", extra=context)
+        return SendResult.ALREADY_RECORDED
+
+    def _send(self, plan: PlannedReport, measurement: Measured, attempt: int) -> MeterEventReceipt:
+        """`attempt` keys the request: a retry after a 5xx must never reuse a key whose saved
+        answer is that failure (docs/stripe.md#idempotency); the identifier's own duplicate
+        check keeps the event from counting twice."""
         started = time.perf_counter()
         try:
             return self._stripe.create_meter_event(
@@ -143,6 +163,7 @@ class ReportSender:
                 },
                 identifier=plan.identifier,
                 timestamp=measurement.timestamp,
+                attempt=attempt,
             )
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000

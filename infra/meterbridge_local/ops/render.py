@@ -173,14 +173,14 @@ def report_run(out: Console, run: ReportRun) -> None:
     if not run.corrections:
         return
     table = Table(title="usage source now vs what Stripe counts")
-    for column in ("subscription item", "period", "counted", "usage now", "result", "note"):
+    for column in ("meter", "period", "counted", "usage now", "result", "note"):
         table.add_column(column, overflow="fold")
     for c in run.corrections:
         result = c.result
         if c.result in {"sent", "late", "differs"} and c.delta is not None:
-            result += f" Δ {c.delta} as {c.identifier}"
+            result += f" {'=' if c.full_value else 'Δ'} {c.delta} as {c.identifier}"
         table.add_row(
-            c.subscription_item_id,
+            c.meter,
             f"{time.strftime('%Y-%m-%d', time.gmtime(c.period_start))} →"
             f" {time.strftime('%Y-%m-%d', time.gmtime(c.period_end))}",
             "-" if c.counted is None else str(c.counted),

@@ -9,7 +9,9 @@ after 24 h, count it twice — so it sends the *difference* between the usage so
 value now and what the ledger says Stripe already counts, as a new report with the next
 revision identifier (`report_identifier(..., revision=n)`), claimed and sent by the
 worker's `ReportSender`, so a retried correction is never sent twice. Deltas only add up
-on meters whose formula is `sum` without pre-aggregation windows; others are refused.
+on `sum` meters without pre-aggregation windows; on `last` meters and pre-aggregated ones
+(event_time_window) the newest event replaces the older ones, so the correction carries
+the full corrected value instead (docs/stripe.md#formulas). `count` meters are refused.
 """
 
 import dataclasses
@@ -22,9 +24,9 @@ from typing import Any
 import boto3
 
 from meterbridge.adapters.stripe_gateway import UnknownStripeObject
-from meterbridge.domain.invoices import Invoice, Meter
+from meterbridge.domain.invoices import Invoice
 from meterbridge.domain.records import InvoiceChanges
-from meterbridge.domain.reports import PlannedReport, report_identifier
+from meterbridge.domain.reports import PlannedReport, refusal
 from meterbridge.errors import PermanentError, SettingsError, TransientError
 from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
 from meterbridge.worker.invoices import parse_invoice
@@ -36,16 +38,17 @@ from meterbridge_local.ops.config import OperatorError
 
 @dataclass
 class Correction:
-    """One (subscription item, service period) compared with the usage source now."""
+    """One report (customer, meter, service period) compared with the usage source now."""
 
-    subscription_item_id: str
+    meter: str  # the meter's event name
     period_start: int
     period_end: int
     counted: Decimal | None  # what the ledger says Stripe counts (all delivered revisions)
     correct: Decimal | None  # the usage source's value now
     result: str  # unchanged | differs | sent | late | refused | failed | not_reported
     identifier: str | None = None  # the revision sent (or that would be sent)
-    delta: Decimal | None = None
+    delta: Decimal | None = None  # what that revision sends: a difference, or the full value
+    full_value: bool = False  # the revision replaces (last / pre-aggregated meters)
     note: str | None = None
 
 
@@ -121,13 +124,27 @@ class InvoiceReRun:
         if run.outcome is not None and run.outcome.result == "skipped":
             return run
         try:
-            plans = self._pipeline.planner.plan(invoice)
-            tenant = self._pipeline.usage.tenant(invoice.customer_id) if plans else None
+            plan = self._pipeline.planner.plan(invoice)
+            tenant = self._pipeline.usage.tenant(invoice.customer_id) if plan.reports else None
         except (TransientError, PermanentError) as error:
             run.error = run.error or f"{type(error).__name__}: {error}"
             return run
-        for plan in plans:
-            run.corrections.append(self._compare(invoice, plan, tenant, force=force))
+        for report in plan.reports:
+            run.corrections.append(self._compare(invoice, report, tenant, force=force))
+        for line in plan.unreported:
+            refused = refusal(line.meter)
+            if refused:
+                run.corrections.append(
+                    Correction(
+                        line.meter.event_name,
+                        line.period.start,
+                        line.period.end,
+                        None,
+                        None,
+                        "refused",
+                        note=refused,
+                    )
+                )
         if guarded:
             run.confirmation = self._confirmation_scheduled(invoice, now)
         return run
@@ -155,62 +172,57 @@ class InvoiceReRun:
             f" follow them with `meterbridge status invoice {invoice.id}`"
         )
 
-    # --- one (item, period) -------------------------------------------------------------
+    # --- one report ----------------------------------------------------------------------
 
     def _compare(
         self, invoice: Invoice, plan: PlannedReport, tenant: str | None, *, force: bool
     ) -> Correction:
-        revisions = self._tools.reader.revisions(plan.subscription_item_id, plan.period)
         correction = Correction(
-            plan.subscription_item_id, plan.period.start, plan.period.end, None, None, ""
+            plan.meter.event_name, plan.period.start, plan.period.end, None, None, ""
         )
+        revisions = self._tools.reader.revisions(plan.customer_id, plan.meter.id, plan.period)
         first = revisions.items[0] if revisions.items else None
         if first is None or (not first.status.done and not first.closed):
             correction.result = "not_reported"
             correction.note = (first.last_error if first else None) or "no report in the ledger"
             return correction
-        # A revision Stripe rejected asynchronously was never counted: counted_total leaves
-        # it out, so the correction re-sends its value under the next revision.
-        correction.counted = revisions.counted_total
+        # A revision Stripe rejected asynchronously was never counted: `counted` leaves it
+        # out, so the correction re-sends its value under the next revision.
+        correction.counted = revisions.counted(plan.meter)
         try:
             correction.correct = self._pipeline.usage.read(plan, tenant)
         except (TransientError, PermanentError) as error:
             correction.result, correction.note = "failed", f"usage source: {error}"
             return correction
         unfinished = revisions.unfinished
-        identifier = (
-            unfinished.identifier
-            if unfinished is not None
-            else _revision_identifier(plan, revisions.next_revision)
-        )
-        correction.delta = correction.correct - correction.counted
-        correction.identifier = identifier
-        if correction.delta == 0 and unfinished is None:
+        revision = unfinished.revision if unfinished is not None else revisions.next_revision
+        replaces = plan.meter.formula != "sum" or plan.meter.event_time_window is not None
+        correction.full_value = replaces
+        difference = correction.correct - correction.counted
+        correction.delta = correction.correct if replaces else difference
+        correction.identifier = plan.revised(revision).identifier
+        if difference == 0 and unfinished is None:
             correction.result, correction.identifier = "unchanged", None
             return correction
         unknown = revisions.outcome_unknown
         if not force:
             correction.result = "differs"
-            correction.note = "run again with --force to send the difference"
+            what = "the corrected value" if replaces else "the difference"
+            correction.note = f"run again with --force to send {what}"
             if unknown is not None:
                 correction.note = (
                     f"{unknown.identifier} may or may not be counted by Stripe (its send"
                     " outcome is unknown and Stripe no longer remembers the identifier); it"
                     " is counted as missing here. Check the customer's meter event summary"
-                    " in Stripe first: --force sends the difference under a new revision"
+                    f" in Stripe first: --force sends {what} under a new revision"
                 )
             return correction
-        refusal = self._delta_refusal(plan.meter)
-        if refusal:
-            correction.result, correction.note = "refused", refusal
-            return correction
-        revision_plan = dataclasses.replace(plan, identifier=identifier)
-        return self._send_delta(invoice, revision_plan, tenant, correction)
+        return self._send_correction(invoice, plan.revised(revision), tenant, correction)
 
-    def _send_delta(
+    def _send_correction(
         self, invoice: Invoice, plan: PlannedReport, tenant: str | None, correction: Correction
     ) -> Correction:
-        """The worker's own claim → value → send → record, with the delta as the usage."""
+        """The worker's own claim → value → send → record, with the correction's value."""
         now = self._pipeline.now()
         try:
             offset = self._pipeline.reporting.clock_offset(invoice, now)
@@ -232,18 +244,6 @@ class InvoiceReRun:
             correction.note = "zero difference not sent (REPORT_ZERO_USAGE=false)"
         return correction
 
-    def _delta_refusal(self, meter: Meter) -> str | None:
-        raw = self._pipeline.stripe.meter(meter.id)
-        formula = (raw.get("default_aggregation") or {}).get("formula")
-        if formula != "sum":
-            return f"meter {meter.id} aggregates with {formula!r}: a delta cannot correct it"
-        if raw.get("event_time_window"):
-            return (
-                f"meter {meter.id} pre-aggregates per {raw['event_time_window']}: a newer event"
-                " replaces older ones, so a delta would replace the total"
-            )
-        return None
-
     def _invoice(self, invoice_id: str) -> dict[str, Any]:
         try:
             return self._pipeline.stripe.invoice(invoice_id)
@@ -251,7 +251,3 @@ class InvoiceReRun:
             raise OperatorError(f"Stripe has no invoice {invoice_id}: {error}") from error
         except (TransientError, PermanentError) as error:
             raise OperatorError(f"cannot read invoice {invoice_id}: {error}") from error
-
-
-def _revision_identifier(plan: PlannedReport, revision: int) -> str:
-    return report_identifier(plan.subscription_item_id, plan.period, revision)

@@ -211,15 +211,13 @@ def invoice_reconciliation_text(record: InvoiceRecord | None) -> str:
 def _superseding_revisions(reports: list[ReportRecord]) -> dict[str, int]:
     """identifier of a failed revision → the later revision of the same report that was
     delivered (an operator's `report --force` after Stripe rejected the first)."""
-    groups: dict[tuple[str | None, int, int], list[ReportRecord]] = {}
+    groups: dict[tuple[str, str, int, int], list[ReportRecord]] = {}
     for report in reports:
         groups.setdefault(report.report_key(), []).append(report)
     superseded: dict[str, int] = {}
-    for (subscription_item, start, end), items in groups.items():
+    for (customer, meter, start, end), items in groups.items():
         period = ServicePeriod(start=start, end=end)
-        revision_of = {
-            report_identifier(subscription_item or "", period, n): n for n in range(len(items))
-        }
+        revision_of = {report_identifier(customer, meter, period, n): n for n in range(len(items))}
         delivered = [
             revision_of[i.identifier] for i in items if i.delivered and i.identifier in revision_of
         ]

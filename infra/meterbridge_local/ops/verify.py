@@ -20,7 +20,7 @@ import stripe
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.domain.eligibility import reported_line_meters
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice
-from meterbridge.domain.reports import meter_event_timestamp, plan_reports, stripe_value_text
+from meterbridge.domain.reports import meter_event_timestamp, plan_invoice, stripe_value_text
 from meterbridge.errors import MeterbridgeError
 
 DAY = 86_400
@@ -229,7 +229,7 @@ class Verifier:
                 if price is not None and price.is_metered and price.meter_id
                 else None
             )
-        plans = plan_reports(invoice, reported_line_meters(lines, meters, None), 3600)
+        plans = plan_invoice(invoice, reported_line_meters(lines, meters, None), 3600).reports
         if len(plans) != 1:
             raise CheckFailed(f"expected one metered line on {invoice.id}, planned {len(plans)}")
         [plan] = plans
