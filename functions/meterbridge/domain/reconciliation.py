@@ -24,6 +24,7 @@ class LineFacts:
     shared: bool = False  # the meter is billed on another line for an overlapping period
     rejected: bool = False  # Stripe rejected a report (not replaced by a revision)
     late: bool = False  # a report was sent after the invoice finalized
+    refused: bool = False  # meterbridge cannot report this meter (domain.reports.refusal)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Verdict:
 
 
 MISMATCH_REASONS = (
+    "refused_meter",  # a meter meterbridge cannot report (a count meter): nobody stands by it
     "shared_meter",  # several lines bill the meter: the usage is billed more than once
     "rejected",  # Stripe rejected the report asynchronously
     "not_reported",  # no report reached Stripe (UsageNotReported)
@@ -45,6 +47,8 @@ MISMATCH_REASONS = (
 
 
 def judge(facts: LineFacts) -> Verdict:
+    if facts.refused:
+        return Verdict(ReconciliationStatus.MISMATCH, None, "refused_meter")
     if facts.source is None:
         return Verdict(ReconciliationStatus.MISMATCH, None, "source_unreadable")
     expected = billed_quantity(facts.source, integer_quantity=facts.integer_quantity)

@@ -25,7 +25,7 @@ from meterbridge.domain.records import (
     ReportRecord,
     ReportStatus,
 )
-from meterbridge.domain.reports import overlaps, report_identifier
+from meterbridge.domain.reports import overlaps, refusal, report_identifier
 from meterbridge.errors import PermanentError
 from meterbridge.observability import count, logger
 from meterbridge.worker.confirmation import sent_usage
@@ -153,7 +153,8 @@ class InvoiceReconciliation:
             for r in on_meter
             if r.invoice_id != invoice.id and overlaps(r.period, period) and r.delivered
         ]
-        source = self._source_now(invoice, meter, period)
+        refused = refusal(meter) is not None
+        source = None if refused else self._source_now(invoice, meter, period)
         facts = LineFacts(
             invoiced=group.invoiced,
             integer_quantity=group.integer_quantity,
@@ -168,6 +169,7 @@ class InvoiceReconciliation:
             shared=len(group.lines) > 1 or bool(others),
             rejected=any(r.failure_class is FailureClass.REJECTED for r in _not_superseded(own)),
             late=any(r.status is ReportStatus.LATE for r in counted),
+            refused=refused,
         )
         verdict = judge(facts)
         first = report_identifier(invoice.customer_id, meter.id, period)
