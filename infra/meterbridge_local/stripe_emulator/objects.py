@@ -195,6 +195,8 @@ def subscription(object_id: str, created: int, customer_obj: Obj, params: Obj) -
 
 
 def subscription_item(object_id: str, created: int, subscription_id: str, price_obj: Obj) -> Obj:
+    """Without `quantity`: a metered item has none (the spec does not allow null); licensed
+    items get theirs from the caller."""
     return {
         "id": object_id,
         "object": "subscription_item",
@@ -206,7 +208,6 @@ def subscription_item(object_id: str, created: int, subscription_id: str, price_
         "metadata": {},
         "plan": plan_of(price_obj),
         "price": price_obj,
-        "quantity": None,
         "subscription": subscription_id,
         "tax_rates": [],
     }
@@ -258,6 +259,7 @@ def invoice(object_id: str, created: int, customer_obj: Obj, subscription_obj: O
         "amount_due": 0,
         "amount_overpaid": 0,
         "amount_paid": 0,
+        "amount_paid_off_stripe": 0,
         "amount_remaining": 0,
         "amount_shipping": 0,
         "application": None,
@@ -411,12 +413,11 @@ def webhook_endpoint(
 def event(  # noqa: PLR0917
     object_id: str, created: int, type_: str, data: Obj, api_version: str, request: Obj
 ) -> Obj:
+    # No `account` or `context`: Stripe omits them outside Connect (the spec does not allow null).
     return {
         "id": object_id,
         "object": "event",
-        "account": None,
         "api_version": api_version,
-        "context": None,
         "created": created,
         "data": data,
         "livemode": False,

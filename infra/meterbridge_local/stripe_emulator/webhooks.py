@@ -201,6 +201,8 @@ class Events:
 
     def thin(self, type_: str, related_object: Obj | None, data: Obj) -> Obj:
         """A v2 event: the webhook carries only a pointer; `data` is served by /v2/core/events."""
+        # No `context`, `reason` or `changes`: absent outside Connect, API-request causes and
+        # update events (the spec allows no null for them).
         with self._store.lock:
             event: Obj = {
                 "id": self._store.new_id("evt_test", 32),
@@ -208,20 +210,13 @@ class Events:
                 "type": type_,
                 "created": rfc3339(time.time()),
                 "livemode": False,
-                "context": None,
-                "reason": None,
-                "related_object": related_object,
                 "data": data,
-                "changes": None,
             }
+            if related_object is not None:
+                event["related_object"] = related_object
             self._store.put(THIN_EVENT, event)
             endpoints = self._endpoints_for(type_, thin=True)
-        notification = {
-            key: event[key]
-            for key in ("id", "object", "type", "created", "livemode", "context", "reason")
-        }
-        if related_object is not None:
-            notification["related_object"] = related_object
+        notification = {key: value for key, value in event.items() if key != "data"}
         payload = json.dumps(notification, indent=2).encode()
         for endpoint in endpoints:
             self._deliveries.enqueue(endpoint, event["id"], type_, payload)
