@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ class Call:
     request_id: str
     api_key: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    api_version: str = ""
 
     @property
     def request(self) -> Obj:
@@ -621,6 +623,56 @@ class Api:
     @route("DELETE", "/v1/webhook_endpoints/{id}")
     def delete_webhook_endpoint(self, call: Call) -> Obj:
         return self.store.delete("webhook_endpoint", call.path_args[0])
+
+    # ---- expansion ----------------------------------------------------------------------
+
+    # Fields whose id `expand[]` may replace by the object (docs/stripe.md#S-LIST-2).
+    EXPANDABLE = {
+        "customer": "customer",
+        "invoice": "invoice",
+        "latest_invoice": "invoice",
+        "price": "price",
+        "product": "product",
+        "subscription": "subscription",
+        "subscription_item": "subscription_item",
+        "test_clock": "test_helpers.test_clock",
+    }
+
+    def expand(self, result: Any, paths: list[str]) -> Any:
+        """`result` with each dotted path's ids replaced by objects (`data.` walks a list)."""
+        expanded = copy.deepcopy(result)
+        with self.store.lock:
+            for path in paths:
+                self._expand(expanded, path.split("."), path)
+        return expanded
+
+    def _expand(self, node: Any, parts: list[str], path: str) -> None:
+        if not parts or not isinstance(node, dict):
+            return
+        head, rest = parts[0], parts[1:]
+        value = node.get(head)
+        if isinstance(value, list):
+            for item in value:
+                self._expand(item, rest, path)
+            return
+        if isinstance(value, dict):
+            self._expand(value, rest, path)
+            return
+        resource = self.EXPANDABLE.get(head)
+        if resource is None and head in node:
+            raise invalid(f"This property cannot be expanded ({path}).", param="expand")
+        if isinstance(value, str) and resource is not None:
+            found = self.store.find(resource, value)
+            if found is not None:
+                node[head] = self._render(resource, found)
+                self._expand(node[head], rest, path)
+
+    def _render(self, resource: str, obj: Obj) -> Obj:
+        if resource == "invoice":
+            return self.billing.render_invoice(obj)
+        if resource == "subscription":
+            return self.billing.render_subscription(obj)
+        return public(obj)
 
     # ---- shared -------------------------------------------------------------------------
 

@@ -469,7 +469,6 @@ class Billing:
                 "object": "list",
                 "data": items,
                 "has_more": False,
-                "total_count": len(items),
                 "url": f"/v1/subscription_items?subscription={subscription['id']}",
             }
         return rendered
@@ -628,7 +627,6 @@ class Billing:
                 "object": "list",
                 "data": [dict(line) for line in lines[:EMBEDDED_LINES]],
                 "has_more": len(lines) > EMBEDDED_LINES,
-                "total_count": len(lines),
                 "url": f"/v1/invoices/{invoice['id']}/lines",
             }
         return rendered
