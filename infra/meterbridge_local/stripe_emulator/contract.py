@@ -58,6 +58,8 @@ class SchemaChecker:
         return schema
 
     def _check(self, value: Any, schema: Schema, where: str, found: list[str], mode: _Mode) -> None:
+        if schema.get("$ref", "").endswith("/notification_event_data") and isinstance(value, dict):
+            self._check_event_object(value, where, found, mode)
         schema = self._resolve(schema)
         if value is None:
             if not schema.get("nullable"):
@@ -89,6 +91,16 @@ class SchemaChecker:
         elif isinstance(value, list) and "items" in schema:
             for index, item in enumerate(value):
                 self._check(item, schema["items"], f"{where}[{index}]", found, mode)
+
+    def _check_event_object(
+        self, data: dict[str, Any], where: str, found: list[str], mode: _Mode
+    ) -> None:
+        """An event's `data.object` is typed only `object` in the spec: check it as the
+        resource it names (an invoice in invoice.created), which is what consumers read."""
+        obj = data.get("object")
+        name = obj.get("object") if isinstance(obj, dict) else None
+        if isinstance(name, str) and name in self._schemas:
+            self._check(obj, self._schemas[name], f"{where}.object", found, mode)
 
     def _check_object(
         self, value: dict[str, Any], schema: Schema, where: str, found: list[str], mode: _Mode
@@ -271,6 +283,18 @@ class ContractRecorder:
         with self._lock:
             if operation is not None:
                 self._operations.add(f"{method} {operation.template}")
+            self._violations += found
+
+    def check_webhook(self, event: dict[str, Any]) -> None:
+        """A v1 snapshot event as delivered to an endpoint (the spec's `event` schema)."""
+        schema = self.contract.checker.errors(
+            event, {"$ref": "#/components/schemas/event"}, "event", strict=True
+        )
+        found = [
+            Violation("POST", "(webhook)", f"event {event.get('type')}", "response", message)
+            for message in schema
+        ]
+        with self._lock:
             self._violations += found
 
     def violations(self) -> list[Violation]:

@@ -234,6 +234,7 @@ class StripeEmulator:
         else:
             contract = Contract.load(spec)
         self.contract = ContractRecorder(contract)
+        self._events.on_webhook = self.contract.check_webhook
         return self.contract
 
     def set_faults(self, **changes: Any) -> None:

@@ -11,12 +11,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import objects
+from . import objects, versions
 from .config import EmulatorConfig
 from .store import Obj, Store, public
 
@@ -169,6 +170,8 @@ class Events:
         self._config = config
         self._deliveries = deliveries
         self.api_version = api_version
+        # Contract mode's check of each delivered snapshot event (server.enable_contract).
+        self.on_webhook: Callable[[Obj], None] | None = None
 
     def snapshot(
         self,
@@ -194,8 +197,16 @@ class Events:
             endpoints = self._endpoints_for(type_, thin=False)
             event["pending_webhooks"] = len(endpoints)
             self._store.put("event", event)
-        payload = json.dumps(public(event), indent=2).encode()
+        stored = public(event)
         for endpoint in endpoints:
+            # Each endpoint gets the event in its own API version (docs/stripe.md#S-VER-1).
+            version = (
+                self._config.render_api_version or endpoint.get("api_version") or self.api_version
+            )
+            body = versions.render({**stored, "api_version": version}, version)
+            if self.on_webhook is not None:
+                self.on_webhook(body)
+            payload = json.dumps(body, indent=2).encode()
             self._deliveries.enqueue(endpoint, event["id"], type_, payload)
         return event
 
