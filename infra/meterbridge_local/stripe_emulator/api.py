@@ -12,7 +12,7 @@ from typing import Any
 
 from . import objects
 from .billing import Billing
-from .errors import StripeApiError, invalid, missing, required
+from .errors import StripeApiError, invalid, invalid_param, missing, required
 from .store import Obj, Store, paginate, public
 from .webhooks import THIN_EVENT, rfc3339
 from .wire import as_bool, as_dict, as_int, as_list, merge_metadata, need_int, need_str
@@ -241,11 +241,19 @@ class Api:
         params = call.params
         need_str(params, "display_name")
         event_name = need_str(params, "event_name")
+        # The spec's enums (docs/stripe.md#S-AGG-2, S-WINDOW-1).
         formula = as_dict(params, "default_aggregation").get("formula")
         if formula not in ("sum", "count", "last"):
-            raise invalid(
+            raise invalid_param(
                 "default_aggregation[formula] must be sum, count or last.",
                 param="default_aggregation[formula]",
+            )
+        if params.get("event_time_window") not in (None, "day", "hour"):
+            raise invalid_param("event_time_window must be day or hour.", param="event_time_window")
+        mapping = as_dict(params, "customer_mapping")
+        if mapping and mapping.get("type", "by_id") != "by_id":
+            raise invalid_param(
+                "customer_mapping[type] must be by_id.", param="customer_mapping[type]"
             )
         with self.store.lock:
             if any(

@@ -85,6 +85,13 @@ def add_interval(anchor: int, interval: str, count: int) -> int:
     return int(start.replace(year=year, month=month, day=day).timestamp())
 
 
+def set_quantity(line: Obj, quantity: Decimal) -> None:
+    """`quantity_decimal` and the integer `quantity`, which is the decimal truncated, not
+    rounded (docs/stripe.md#S-QTY-1): 4310.5 shows as 4310."""
+    line["quantity_decimal"] = format(quantity.normalize(), "f")
+    line["quantity"] = int(quantity)
+
+
 def parse_value(raw: Any) -> Decimal:
     if not isinstance(raw, str | int) or isinstance(raw, bool):
         raise ValueError("value must be a number string")
@@ -95,6 +102,21 @@ def parse_value(raw: Any) -> Decimal:
     if not value.is_finite():
         raise ValueError(f"invalid value {raw!r}")
     return value
+
+
+def _pre_aggregated(records: list[MeterEventRecord], window: str | None) -> list[MeterEventRecord]:
+    """With `event_time_window` hour or day, only the most recently received event of each
+    window counts: "A newer event sent within the same hourly or daily window overwrites the
+    previous one" (docs/stripe.md#S-WINDOW-1). Windows are taken as UTC hours and days [?]."""
+    if window not in ("hour", "day"):
+        return records
+    size = 3600 if window == "hour" else 86400
+    newest: dict[int, MeterEventRecord] = {}
+    for record in records:
+        key = record.timestamp // size
+        if key not in newest or record.sequence > newest[key].sequence:
+            newest[key] = record
+    return sorted(newest.values(), key=lambda r: r.sequence)
 
 
 def significant_digits(value: Decimal) -> int:
@@ -341,22 +363,25 @@ class Billing:
     def aggregate(self, meter: Obj, customer_id: str, start: int, end: int) -> Decimal:
         """The meter's formula over this customer's counted events with start <= timestamp < end.
 
-        An event counts only once `aggregation_lag_seconds` of wall time have passed since it was
-        received: Stripe aggregates asynchronously, the root of the naive integration's losses.
+        Per customer and meter, never per subscription item: a meter event names no item, so
+        every invoice line priced on the meter bills this whole aggregate for its period
+        (docs/stripe.md#S-AGG-1). An event counts only once `aggregation_lag_seconds` of wall
+        time have passed since it was received: Stripe aggregates asynchronously (S-AGG-3),
+        the root of the naive integration's losses.
         """
         horizon = time.time() - self.config.aggregation_lag_seconds
         with self.store.lock:
             counted = [
                 r
                 for r in self._usage.get((meter["id"], customer_id), [])
-                if r.status == "accepted"
-                and r.received_at <= horizon
-                and start <= r.timestamp < end
+                if r.status == "accepted" and r.received_at <= horizon
             ]
+        counted = _pre_aggregated(counted, meter.get("event_time_window"))
+        counted = [r for r in counted if start <= r.timestamp < end]
         formula = meter["default_aggregation"]["formula"]
-        if formula == "count":
+        if formula == "count":  # counts events, ignores their value (S-AGG-2)
             return Decimal(len(counted))
-        if formula == "last":
+        if formula == "last":  # the value of the last event in the range (S-AGG-2)
             if not counted:
                 return Decimal(0)
             return max(counted, key=lambda r: (r.timestamp, r.sequence)).value
@@ -384,11 +409,17 @@ class Billing:
             raise required("items")
         with self.store.lock:
             customer = self.store.get("customer", customer_id)
-            prices = []
+            prices: list[tuple[Obj, Any]] = []
             for index, raw in enumerate(raw_items):
                 price_id = raw.get("price") if isinstance(raw, dict) else None
                 if not price_id:
                     raise required(f"items[{index}][price]")
+                if any(p["id"] == price_id for p, _ in prices):
+                    # Stripe refuses one price twice in a subscription (docs/stripe.md#S-AGG-1).
+                    raise invalid(
+                        "Cannot add multiple subscription items with the same price.",
+                        param=f"items[{index}][price]",
+                    )
                 price = self.store.get("price", price_id)
                 if not price.get("recurring"):
                     raise invalid(
@@ -546,9 +577,9 @@ class Billing:
             else:
                 quantity = Decimal(item.get("quantity") or 1)
             unit = Decimal(price.get("unit_amount_decimal") or 0)
+            # Half-up rounding of the amount to the cent is an assumption (S-QTY-3).
             amount = int((quantity * unit).to_integral_value(ROUND_HALF_UP))
-            line["quantity"] = int(quantity.to_integral_value(ROUND_HALF_UP))
-            line["quantity_decimal"] = format(quantity.normalize(), "f")
+            set_quantity(line, quantity)
             line["amount"] = line["subtotal"] = amount
             total += amount
         for key in ("amount_due", "amount_remaining", "subtotal", "subtotal_excluding_tax"):
