@@ -301,7 +301,7 @@ class Api:
 
     @route("GET", "/v1/billing/meters/{id}/event_summaries")
     def event_summaries(self, call: Call) -> Obj:
-        return self.billing.summaries(call.path_args[0], call.params)
+        return self.billing.metering.summaries(call.path_args[0], call.params)
 
     @route("POST", "/v1/billing/meter_events")
     def create_meter_event(self, call: Call) -> Obj:
@@ -310,7 +310,7 @@ class Api:
         payload = params.get("payload")
         if not isinstance(payload, dict) or not payload:
             raise required("payload")
-        record = self.billing.record_meter_event(
+        record = self.billing.metering.record_meter_event(
             event_name=event_name,
             payload=payload,
             identifier=params.get("identifier") or None,
@@ -319,7 +319,7 @@ class Api:
             source="v1",
             reject_duplicates=True,
         )
-        self.billing.report_errors([record])
+        self.billing.metering.report_errors([record])
         return {
             "object": "billing.meter_event",
             "created": Billing.wall_now(),
@@ -355,7 +355,7 @@ class Api:
         identifier = as_dict(params, "cancel").get("identifier")
         if not identifier:
             raise required("cancel[identifier]")
-        return self.billing.cancel_meter_event(event_name, identifier)
+        return self.billing.metering.cancel_meter_event(event_name, identifier)
 
     @route("POST", "/v2/billing/meter_event_session")
     def create_session(self, call: Call) -> Obj:
@@ -399,7 +399,7 @@ class Api:
                         "Invalid timestamp.", param=f"events[{index}].timestamp"
                     ) from None
             records.append(
-                self.billing.record_meter_event(
+                self.billing.metering.record_meter_event(
                     event_name=event["event_name"],
                     payload={k: str(v) for k, v in event["payload"].items()},
                     identifier=event.get("identifier") or None,
@@ -409,7 +409,7 @@ class Api:
                     reject_duplicates=False,
                 )
             )
-        self.billing.report_errors(records)
+        self.billing.metering.report_errors(records)
         return {}
 
     # ---- subscriptions ------------------------------------------------------------------

@@ -268,7 +268,7 @@ class StripeEmulator:
 
     def meter_events(self) -> list[dict[str, Any]]:
         with self.store.lock:
-            return [record.as_dict() for record in self.billing.meter_events]
+            return [record.as_dict() for record in self.billing.metering.meter_events]
 
     def webhook_deliveries(self) -> list[dict[str, Any]]:
         with self.store.lock:
@@ -280,7 +280,7 @@ class StripeEmulator:
         while True:
             if (
                 self.billing.clocks_settled()
-                and self.billing.aggregation_settled()
+                and self.billing.metering.aggregation_settled()
                 and self._deliveries.idle()
             ):
                 return
