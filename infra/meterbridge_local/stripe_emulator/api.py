@@ -317,6 +317,7 @@ class Api:
             timestamp=as_int(params, "timestamp"),
             idempotency_key=call.idempotency_key,
             source="v1",
+            request_id=call.request_id,
             reject_duplicates=True,
         )
         self.billing.metering.report_errors([record])
@@ -406,6 +407,7 @@ class Api:
                     timestamp=timestamp,
                     idempotency_key=call.idempotency_key,
                     source="v2",
+                    request_id=call.request_id,
                     reject_duplicates=False,
                 )
             )
@@ -538,7 +540,7 @@ class Api:
     @route("POST", "/v1/invoices/{id}/finalize")
     def finalize_invoice(self, call: Call) -> Obj:
         with self.store.lock:
-            invoice = self.billing.finalize_invoice(call.path_args[0], call.request)
+            invoice = self.billing.finalize_invoice(call.path_args[0], call.params, call.request)
             return self.billing.render_invoice(invoice)
 
     @route("GET", "/v1/invoices/{id}/lines")

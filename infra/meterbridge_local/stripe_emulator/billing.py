@@ -17,6 +17,7 @@ from .errors import invalid, required
 from .metering import Metering
 from .store import Obj, Store, customer_now, public, wall_now
 from .webhooks import Events
+from .wire import as_bool, as_int, merge_metadata
 
 EMBEDDED_LINES = 10  # Stripe embeds the first 10 lines; the rest via /lines
 
@@ -271,9 +272,18 @@ class Billing:
         invoice["effective_at"] = now
         invoice["automatically_finalizes_at"] = None
         invoice["webhooks_delivered_at"] = invoice["webhooks_delivered_at"] or now
+        # Collection follows auto_advance: with false Stripe attempts no payment and sends no
+        # dunning (docs/stripe.md#S-FIN-1), so no payment attempt is scheduled. With true the
+        # emulator shows the attempt due at once; it does not simulate payments.
+        charged = invoice["collection_method"] == "charge_automatically"
+        collects = invoice["auto_advance"] and charged and invoice["amount_due"] > 0
+        invoice["next_payment_attempt"] = now if collects else None
         self.events.snapshot("invoice.finalized", self.render_invoice(invoice), now)
 
-    def finalize_invoice(self, invoice_id: str, request: Obj) -> Obj:
+    def finalize_invoice(self, invoice_id: str, params: Obj, request: Obj) -> Obj:
+        """`POST /v1/invoices/{id}/finalize`: `auto_advance` given here is what the finalized
+        invoice keeps; omitted, the draft's own value stays (docs/stripe.md#S-FIN-1)."""
+        auto_advance = as_bool(params, "auto_advance")
         with self.store.lock:
             invoice = self.store.get("invoice", invoice_id)
             if invoice.get("status") != "draft":
@@ -281,26 +291,36 @@ class Billing:
                     "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
                     code="invoice_unexpected_status",
                 )
+            if auto_advance is not None:
+                invoice["auto_advance"] = auto_advance
             customer = self.store.find("customer", invoice.get("customer") or "")
             self._finalize(invoice, self.customer_now(customer))
             return invoice
 
     def update_invoice(self, invoice_id: str, params: Obj, request: Obj) -> Obj:
-        from .wire import as_bool, merge_metadata
-
         with self.store.lock:
             invoice = self.store.get("invoice", invoice_id)
+            customer = self.store.find("customer", invoice.get("customer") or "")
+            now = self.customer_now(customer)
             previous: Obj = {}
             auto_advance = as_bool(params, "auto_advance")
+            finalizes_at = as_int(params, "automatically_finalizes_at")
             if auto_advance is not None and auto_advance != invoice.get("auto_advance"):
                 previous["auto_advance"] = invoice.get("auto_advance")
                 invoice["auto_advance"] = auto_advance
-                if invoice.get("status") == "draft":
-                    invoice["automatically_finalizes_at"] = (
-                        invoice["created"] + self.config.grace_period_seconds
-                        if auto_advance
-                        else None
-                    )
+            if invoice.get("status") == "draft" and (
+                "auto_advance" in previous or finalizes_at is not None
+            ):
+                previous.setdefault(
+                    "automatically_finalizes_at", invoice.get("automatically_finalizes_at")
+                )
+                # Re-enabled without a time, Stripe sets one from the grace period, counted
+                # from now (docs/stripe.md#S-FIN-2); turned off, nothing is scheduled.
+                invoice["automatically_finalizes_at"] = (
+                    (finalizes_at or now + self.config.grace_period_seconds)
+                    if invoice["auto_advance"]
+                    else None
+                )
             if "metadata" in params:
                 previous["metadata"] = dict(invoice.get("metadata") or {})
                 update = params["metadata"] if isinstance(params["metadata"], dict) else {}
@@ -311,11 +331,10 @@ class Billing:
                 if key in params:
                     previous[key] = invoice.get(key)
                     invoice[key] = params[key] or None
-            customer = self.store.find("customer", invoice.get("customer") or "")
             self.events.snapshot(
                 "invoice.updated",
                 self.render_invoice(invoice),
-                self.customer_now(customer),
+                now,
                 previous_attributes=previous,
                 request=request,
             )

@@ -33,6 +33,7 @@ class MeterEventRecord:
     received_at: float
     idempotency_key: str | None
     source: str
+    request_id: str = ""
     status: str = "accepted"  # accepted | rejected | duplicate | canceled
     error_code: str | None = None
     error_message: str | None = None
@@ -117,6 +118,7 @@ class Metering:
         timestamp: int | None,
         idempotency_key: str | None,
         source: str,
+        request_id: str = "",
         reject_duplicates: bool,
     ) -> MeterEventRecord:
         """Validate like Stripe: duplicates (optionally timestamps) at once, the rest later.
@@ -135,6 +137,7 @@ class Metering:
                 received_at=now,
                 idempotency_key=idempotency_key,
                 source=source,
+                request_id=request_id,
                 sequence=self._sequence,
             )
             self.meter_events.append(record)
@@ -260,7 +263,10 @@ class Metering:
                     "sample_errors": [
                         {
                             "error_message": sample.error_message,
-                            "request": {"identifier": sample.idempotency_key or sample.identifier},
+                            # The failing *request*, by its idempotency key: for the v2 stream
+                            # one key covers up to 100 events (docs/stripe.md#S-ERR-2).
+                            # Without a key Stripe's answer is unknown: the request id [?].
+                            "request": {"identifier": sample.idempotency_key or sample.request_id},
                         }
                         for sample in group[:5]
                     ],
