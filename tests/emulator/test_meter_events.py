@@ -236,3 +236,27 @@ def test_cancel_adjustment_removes_the_event_from_aggregation(client: stripe.Str
                 "cancel": {"identifier": "never-sent"},
             }
         )
+
+
+def test_v2_stream_error_reports_name_the_requests_idempotency_key(
+    client: stripe.StripeClient, emu: StripeEmulator
+) -> None:
+    """One key for up to 100 events: the report names the request, never an event."""
+    plan = metered_plan(client)
+    session = client.v2.billing.meter_event_session.create()
+    events: list[Any] = [
+        {
+            "event_name": plan.meter.event_name,
+            "identifier": f"ghost-{i}",
+            "payload": {"stripe_customer_id": "cus_ghost", "value": "1"},
+        }
+        for i in range(3)
+    ]
+    options: Any = {"api_key": session.authentication_token, "idempotency_key": "stream-req-1"}
+    client.v2.billing.meter_event_stream.create({"events": events}, options)
+    [thin] = client.v2.core.events.list().data
+    event = client.v2.core.events.retrieve(thin.id).to_dict()
+    [error_type] = event["data"]["reason"]["error_types"]
+    assert error_type["code"] == "meter_event_customer_not_found"
+    assert error_type["error_count"] == 3
+    assert {s["request"]["identifier"] for s in error_type["sample_errors"]} == {"stream-req-1"}
