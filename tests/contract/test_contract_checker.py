@@ -8,6 +8,7 @@ from pathlib import Path
 import requests
 
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
+from meterbridge_local.stripe_emulator.api import ROUTES
 from tests.support.stripe_contract import TRIMMED_SPEC, trimmed_contract
 
 AUTH = {"Authorization": "Bearer sk_test_checker"}
@@ -120,3 +121,16 @@ def test_recorder_reports_unknown_operations_and_event_objects() -> None:
         )
         found = [v.message for v in emu.contract.violations()]
         assert "event.data.object.created: required by the spec, missing" in found
+
+
+def test_every_route_the_emulator_serves_is_in_the_trimmed_spec() -> None:
+    """A route added to the emulator must be added to scripts/trim_openapi.py (and the copy
+    refreshed), so contract mode can check it."""
+    contract = trimmed_contract()
+    missing = []
+    for method, pattern, _ in ROUTES:
+        example = pattern.pattern.strip("^$").replace("([^/]+)", "x_1")
+        operation = contract.operation(method, example)
+        if operation is None or ("{" not in operation.template and example != operation.template):
+            missing.append(f"{method} {example}")
+    assert missing == []

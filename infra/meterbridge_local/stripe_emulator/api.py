@@ -423,14 +423,25 @@ class Api:
 
     @route("GET", "/v1/subscriptions")
     def list_subscriptions(self, call: Call) -> Obj:
+        """Without `status`, every subscription that is not canceled; `ended` is canceled or
+        incomplete_expired; `all` is all (docs/stripe.md#S-LIST-1)."""
         params = call.params
-        status = params.get("status") or "active"
+        status = params.get("status")
         price = params.get("price")
+
+        def wanted(subscription: Obj) -> bool:
+            current = subscription.get("status")
+            if status in (None, ""):
+                return current != "canceled"
+            if status == "ended":
+                return current in ("canceled", "incomplete_expired")
+            return status in ("all", current)
+
         with self.store.lock:
             found = [
                 s
                 for s in reversed(self.store.all("subscription"))
-                if (status == "all" or s.get("status") == status)
+                if wanted(s)
                 and all(s.get(k) == params[k] for k in ("customer", "test_clock") if params.get(k))
                 and (not price or any(i["price"]["id"] == price for i in self.billing.items_of(s)))
             ]
@@ -446,20 +457,22 @@ class Api:
     @route("POST", "/v1/subscriptions/{id}")
     def update_subscription(self, call: Call) -> Obj:
         with self.store.lock:
-            subscription = self.store.get("subscription", call.path_args[0])
-            if "metadata" in call.params:
-                subscription["metadata"] = merge_metadata(
-                    subscription["metadata"], as_dict(call.params, "metadata")
-                )
-            if "description" in call.params:
-                subscription["description"] = call.params["description"] or None
+            subscription = self.billing.update_subscription(
+                call.path_args[0], call.params, call.request
+            )
             return self.billing.render_subscription(subscription)
 
     @route("DELETE", "/v1/subscriptions/{id}")
     def cancel_subscription(self, call: Call) -> Obj:
         with self.store.lock:
-            subscription = self.billing.cancel_subscription(call.path_args[0], call.request)
+            subscription = self.billing.cancel_subscription(
+                call.path_args[0], call.params, call.request
+            )
             return self.billing.render_subscription(subscription)
+
+    @route("POST", "/v1/subscription_items")
+    def create_subscription_item(self, call: Call) -> Obj:
+        return public(self.billing.add_item(call.params, call.request))
 
     @route("GET", "/v1/subscription_items")
     def list_subscription_items(self, call: Call) -> Obj:
@@ -473,6 +486,23 @@ class Api:
     @route("GET", "/v1/subscription_items/{id}")
     def get_subscription_item(self, call: Call) -> Obj:
         return public(self.store.get("subscription_item", call.path_args[0]))
+
+    @route("POST", "/v1/subscription_items/{id}")
+    def update_subscription_item(self, call: Call) -> Obj:
+        with self.store.lock:
+            return public(self.billing.update_item(call.path_args[0], call.params, call.request))
+
+    @route("DELETE", "/v1/subscription_items/{id}")
+    def delete_subscription_item(self, call: Call) -> Obj:
+        return self.billing.delete_item(call.path_args[0], call.params, call.request)
+
+    @route("GET", "/v1/invoiceitems")
+    def list_invoice_items(self, call: Call) -> Obj:
+        return self.billing.invoicing.list_invoice_items(call.params)
+
+    @route("GET", "/v1/invoiceitems/{id}")
+    def get_invoice_item(self, call: Call) -> Obj:
+        return public(self.store.get("invoiceitem", call.path_args[0]))
 
     # ---- test clocks --------------------------------------------------------------------
 
@@ -524,32 +554,36 @@ class Api:
                     or _invoice_subscription(i) == params["subscription"]
                 )
             ]
-            return paginate(found, params, "/v1/invoices", self.billing.render_invoice)
+            return paginate(found, params, "/v1/invoices", self.billing.invoicing.render_invoice)
+
+    # Before /v1/invoices/{id}: a literal segment wins over a parameter.
+    @route("POST", "/v1/invoices/create_preview")
+    def create_preview(self, call: Call) -> Obj:
+        return self.billing.invoicing.preview(call.params, self.billing.preview_spans)
 
     @route("GET", "/v1/invoices/{id}")
     def get_invoice(self, call: Call) -> Obj:
         with self.store.lock:
-            return self.billing.render_invoice(self.store.get("invoice", call.path_args[0]))
+            invoice = self.store.get("invoice", call.path_args[0])
+            return self.billing.invoicing.render_invoice(invoice)
 
     @route("POST", "/v1/invoices/{id}")
     def update_invoice(self, call: Call) -> Obj:
+        invoicing = self.billing.invoicing
         with self.store.lock:
-            invoice = self.billing.update_invoice(call.path_args[0], call.params, call.request)
-            return self.billing.render_invoice(invoice)
+            invoice = invoicing.update_invoice(call.path_args[0], call.params, call.request)
+            return invoicing.render_invoice(invoice)
 
     @route("POST", "/v1/invoices/{id}/finalize")
     def finalize_invoice(self, call: Call) -> Obj:
+        invoicing = self.billing.invoicing
         with self.store.lock:
-            invoice = self.billing.finalize_invoice(call.path_args[0], call.params, call.request)
-            return self.billing.render_invoice(invoice)
+            invoice = invoicing.finalize_invoice(call.path_args[0], call.params)
+            return invoicing.render_invoice(invoice)
 
     @route("GET", "/v1/invoices/{id}/lines")
     def invoice_lines(self, call: Call) -> Obj:
-        with self.store.lock:
-            invoice = self.store.get("invoice", call.path_args[0])
-            lines = invoice.get("_lines", [])
-            page = paginate(lines, call.params, f"/v1/invoices/{invoice['id']}/lines", dict)
-            return page
+        return self.billing.invoicing.lines_page(call.path_args[0], call.params)
 
     # ---- events and webhook endpoints ---------------------------------------------------
 
@@ -679,7 +713,7 @@ class Api:
 
     def _render(self, resource: str, obj: Obj) -> Obj:
         if resource == "invoice":
-            return self.billing.render_invoice(obj)
+            return self.billing.invoicing.render_invoice(obj)
         if resource == "subscription":
             return self.billing.render_subscription(obj)
         return public(obj)

@@ -97,6 +97,12 @@ class EmulatorConfig:
     invoice_now_billing_reason: str = "subscription_update"
     invoice_now_finalizes: bool = True
     period_end_cancel_billing_reason: str = "subscription_cycle"
+    # Undocumented (docs/stripe.md#S-CHANGE-3): the line of the invoice item Stripe creates
+    # for a removed metered price names no subscription item ("invoice_item_details"), or
+    # the removed item like a proration line ("subscription_item_details").
+    removed_usage_line_parent: Literal["invoice_item_details", "subscription_item_details"] = (
+        "invoice_item_details"
+    )
     # Contract mode: check every request and answer against this OpenAPI document (normally
     # tests/fixtures/stripe_openapi_trimmed.json); see contract.py.
     contract_spec: str | None = None

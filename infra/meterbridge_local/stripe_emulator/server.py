@@ -263,7 +263,7 @@ class StripeEmulator:
             self.store.put(THIN_EVENT if resource == "v2.core.event" else resource, stored)
             if resource == "invoice":
                 self.billing.track_invoice(stored)
-                return self.billing.render_invoice(stored)
+                return self.billing.invoicing.render_invoice(stored)
             return public(stored)
 
     def meter_events(self) -> list[dict[str, Any]]:
