@@ -163,6 +163,18 @@ class Metering:
             )
             if timestamp is None:
                 record.timestamp = reference
+            if (
+                error is not None
+                and error[0] == "meter_event_value_too_many_digits"
+                and (reject_duplicates)
+            ):
+                # The synchronous (v1) API answers 400; the v2 stream reports it later
+                # (docs/stripe.md#S-ME-3).
+                record.status = "rejected"
+                record.error_code, record.error_message = error
+                raise StripeApiError(
+                    400, error[1], code=error[0], param="payload", before_execution=True
+                )
             window_error = self._window_error(record.timestamp, reference)
             if window_error is not None and self.config.timestamp_validation == "sync":
                 record.status = "rejected"
