@@ -17,8 +17,8 @@ from .store import Obj, Store, paginate, public
 from .webhooks import THIN_EVENT, rfc3339
 from .wire import as_bool, as_dict, as_int, as_list, merge_metadata, need_int, need_str
 
-SESSION_SECONDS = 15 * 60
-STREAM_MAX_EVENTS = 100
+SESSION_SECONDS = 15 * 60  # v2 session tokens (docs/stripe.md#S-ME-5)
+STREAM_MAX_EVENTS = 100  # per v2 stream request (S-ME-5)
 
 
 @dataclass

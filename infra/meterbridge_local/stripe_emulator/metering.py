@@ -14,12 +14,12 @@ from .store import Obj, Store, customer_now, wall_now
 from .webhooks import Events, rfc3339
 from .wire import as_int
 
-IDENTIFIER_MEMORY_SECONDS = (
-    24 * 3600
-)  # Stripe: unique "within a rolling period of at least 24 hours"
+# Identifiers are unique "within a rolling period of at least 24 hours" (docs/stripe.md#S-ME-2).
+IDENTIFIER_MEMORY_SECONDS = 24 * 3600
+# Timestamps: the past 35 days, at most 5 minutes ahead (S-TS-1).
 WINDOW_PAST_SECONDS = 35 * 86400
 WINDOW_FUTURE_SECONDS = 300
-MAX_SIGNIFICANT_DIGITS = 15
+MAX_SIGNIFICANT_DIGITS = 15  # S-ME-3
 
 
 @dataclass
@@ -121,7 +121,8 @@ class Metering:
         request_id: str = "",
         reject_duplicates: bool,
     ) -> MeterEventRecord:
-        """Validate like Stripe: duplicates (optionally timestamps) at once, the rest later.
+        """Validate like Stripe: duplicates (S-ME-2), and for v1 too many digits (S-ME-3), at
+        once; the rest later (optionally timestamps too, S-TS-2). See docs/stripe.md.
 
         Asynchronous failures are recorded as `rejected` and reported through a thin
         `v1.billing.meter.error_report_triggered` event, as Stripe does.
@@ -259,7 +260,8 @@ class Metering:
         return None
 
     def report_errors(self, records: list[MeterEventRecord]) -> None:
-        """One thin error event per meter for the failures of one request, with samples."""
+        """One thin error event per meter for the failures of one request, with samples
+        (docs/stripe.md#S-ERR-1)."""
         reports: dict[str | None, _ErrorReport] = {}
         for record in records:
             if record.status == "rejected" and record.error_code:
@@ -302,6 +304,7 @@ class Metering:
                 self.events.thin("v1.billing.meter.error_report_triggered", related, data)
 
     def cancel_meter_event(self, event_name: str, identifier: str) -> Obj:
+        """A cancel adjustment: within 24 hours of receipt (docs/stripe.md#S-ME-6)."""
         with self.store.lock:
             record = self._by_identifier.get(identifier)
             if record is None or record.event_name != event_name:
@@ -362,6 +365,7 @@ class Metering:
             )
 
     def summaries(self, meter_id: str, params: Obj) -> Obj:
+        """Minute-aligned [start, end), optionally by UTC hour or day (docs/stripe.md#S-SUM-1)."""
         meter = self.store.get("billing.meter", meter_id, "billing.meter")
         customer = params.get("customer")
         if not customer:

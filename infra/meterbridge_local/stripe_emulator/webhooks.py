@@ -25,7 +25,8 @@ THIN_EVENT = "v2.core.event"
 
 
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
-    """Stripe-Signature header: hex HMAC-SHA256 of "{t}.{body}" keyed by the endpoint secret."""
+    """Stripe-Signature header: hex HMAC-SHA256 of "{t}.{body}" keyed by the endpoint secret
+    (docs/stripe.md#S-WH-1)."""
     signed = f"{timestamp}.".encode() + payload
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
