@@ -344,3 +344,15 @@ def test_listing_subscriptions_by_status_with_paging_and_expansion(contract_emul
     assert page.data[0].latest_invoice is not None
     assert not isinstance(page.data[0].latest_invoice, str)
     assert page.data[0].latest_invoice.billing_reason == "subscription_create"
+
+
+def test_a_renewal_announces_the_items_new_periods(contract_emulator: Any) -> None:
+    setup = start(contract_emulator)
+    first_invoice = setup.subscription.latest_invoice
+    setup.advance(setup.end + 60)
+    [renewed] = setup.events("customer.subscription.updated")
+    previous = renewed.data.previous_attributes
+    assert previous is not None
+    assert previous["latest_invoice"] == first_invoice
+    assert previous["items"]["data"][0]["current_period_end"] == setup.end
+    assert renewed.data.object["items"]["data"][0]["current_period_start"] == setup.end

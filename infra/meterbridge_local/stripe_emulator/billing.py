@@ -341,7 +341,7 @@ class Billing:
         )
         self.invoicing.finalize(invoice, now)
 
-    def _updated(self, subscription: Obj, previous: Obj, now: int, request: Obj) -> None:
+    def _updated(self, subscription: Obj, previous: Obj, now: int, request: Obj | None) -> None:
         if previous:
             self._set_item_periods(subscription)
             self.events.snapshot(
@@ -419,6 +419,10 @@ class Billing:
             )
             self._end(subscription, boundary)
             return final
+        before = {
+            "items": self.render_subscription(subscription)["items"],
+            "latest_invoice": subscription["latest_invoice"],
+        }
         subscription["_period_index"] += 1
         self._set_item_periods(subscription)
         draft = self.invoicing.new_invoice(
@@ -432,6 +436,9 @@ class Billing:
         )
         for item in self.items_of(subscription):
             item["_since"], item["_billed"] = boundary, 0
+        # A renewal changes the items' periods and the latest invoice: Stripe announces it
+        # (docs/stripe.md#S-CANCEL-5).
+        self._updated(subscription, before, boundary, None)
         return draft
 
     def _renewal_spans(self, subscription: Obj, boundary: int) -> list[tuple[Obj, Span]]:
