@@ -3,13 +3,23 @@ S-FIN-2)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import stripe
 
 from meterbridge_local.stripe_emulator import StripeEmulator
+from tests.support.stripe_contract import contract_checked
 
 from .conftest import MeteredPlan, metered_plan
+
+
+@pytest.fixture(autouse=True)
+def conforming(emu: StripeEmulator) -> Iterator[None]:
+    """Every request here is valid: check them and the answers against Stripe's spec."""
+    with contract_checked(emu):
+        yield
 
 
 def held_renewal(client: stripe.StripeClient, emu: StripeEmulator) -> tuple[MeteredPlan, Any, int]:
