@@ -356,3 +356,36 @@ def test_a_renewal_announces_the_items_new_periods(contract_emulator: Any) -> No
     assert previous["latest_invoice"] == first_invoice
     assert previous["items"]["data"][0]["current_period_end"] == setup.end
     assert renewed.data.object["items"]["data"][0]["current_period_start"] == setup.end
+
+
+def test_an_item_added_mid_period_bills_the_meters_usage_from_then(contract_emulator: Any) -> None:
+    setup = start(contract_emulator)
+    client = setup.client
+    other = client.v1.prices.create(
+        {
+            "currency": "usd",
+            "unit_amount": 2,
+            "recurring": {
+                "interval": "month",
+                "usage_type": "metered",
+                "meter": setup.plan.meter.id,
+            },
+            "product_data": {"name": "API (second line)"},
+        }
+    )
+    added_at = now_of(setup)
+    added = client.v1.subscription_items.create(
+        {"subscription": setup.subscription.id, "price": other.id}
+    )
+    setup.report("5", added_at + 60, "after-add")
+    setup.advance(setup.end + 3600)
+    [renewal] = setup.invoices("subscription_cycle")
+    by_item = {
+        line.parent.subscription_item_details.subscription_item: line
+        for line in renewal.lines.data
+        if line.parent.type == "subscription_item_details"
+    }
+    # The customer's whole usage on the meter, each line over its own period (S-AGG-1).
+    assert by_item[setup.item.id].quantity == 45
+    assert by_item[added.id].quantity == 5
+    assert by_item[added.id].period.start == added_at

@@ -302,7 +302,8 @@ class Billing:
             self.store.delete("subscription_item", item_id)
             return
         if raw.get("price") and raw["price"] != item["price"]["id"]:
-            price, _ = self._price_for(raw, index, [])
+            others = [i for i in self.items_of(subscription) if i["id"] != item_id]
+            price, _ = self._price_for(raw, index, others)
             self._bill_usage_so_far(subscription, item, behavior, now)
             item["price"], item["plan"] = public(price), objects.plan_of(public(price))
             item["_since"] = now
