@@ -6,15 +6,12 @@ exactly the usage the source holds for its service period, whatever went wrong o
 """
 
 import json
-import threading
 import time
 import urllib.request
-from typing import Any
 
 import pytest
 
 from meterbridge_local.demo import InvoiceCheck, Subscriber
-from meterbridge_local.stripe_emulator.errors import StripeApiError
 from meterbridge_local.stripe_emulator.webhooks import sign
 from meterbridge_local.usage_server import Fault
 from tests.e2e.conftest import E2E, last_month_start
@@ -132,40 +129,16 @@ def test_stripe_5xx_burst_still_bills_exactly(e2e: E2E) -> None:
     subscribers = e2e.subscribe(["flaky-1", "flaky-2", "flaky-3"])
     for n, subscriber in enumerate(subscribers):
         e2e.feed(subscriber, 0, str(700 + n))
-    failed_paths: list[str] = []
-    dispatch = e2e.emulator.dispatch
-
-    def counting_dispatch(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return dispatch(*args, **kwargs)
-        except StripeApiError as error:
-            if error.status >= 500:
-                failed_paths.append(args[1])
-            raise
-
-    e2e.emulator.dispatch = counting_dispatch  # type: ignore[method-assign]
-    ended = threading.Event()
-
-    def end_burst_once_the_worker_got_hit() -> None:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not ended.is_set():
-            if sum(path.startswith("/v1/customers/") for path in failed_paths) >= 3:
-                break
-            time.sleep(0.01)
-        e2e.emulator.set_faults(error_rate_5xx=0.0)
-
+    # A deterministic burst (fail_next): the worker's next 3 customer reads and next 2 meter
+    # events answer 500 before Stripe executes them; the test's own clock and event reads go
+    # through. Each call meets fewer failures than the SDK's retries, whatever the order.
+    customers = e2e.emulator.fail_next("/v1/customers/", count=3, status=500)
+    meter_events = e2e.emulator.fail_next("/v1/billing/meter_events", count=2, status=500)
     try:
-        # Only the worker's Stripe calls fail: the test's own clock and event reads go through.
-        e2e.emulator.set_faults(
-            error_rate_5xx=0.6, fault_paths=("/v1/customers/", "/v1/billing/meter_events")
-        )
-        threading.Thread(target=end_burst_once_the_worker_got_hit, daemon=True).start()
         boundary = e2e.renew(subscribers[0].clock_id, 1, subscribers[0])
     finally:
-        ended.set()
-        e2e.emulator.set_faults(error_rate_5xx=0.0, fault_paths=())
-        e2e.emulator.dispatch = dispatch  # type: ignore[method-assign]
-    assert any(path.startswith("/v1/customers/") for path in failed_paths)
+        e2e.emulator.config.fail_next.clear()
+    assert (customers.count, meter_events.count) == (0, 0)  # every failure was served
     e2e.finalize(subscribers[0].clock_id, boundary)
     _assert_exact(_checks(e2e, subscribers, 1))
     for subscriber in subscribers:

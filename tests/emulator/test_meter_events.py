@@ -162,17 +162,36 @@ def test_unknown_customer_and_event_name_become_error_reports(
     client.v1.billing.meter_events.create(
         {"event_name": "nobody_meters_this", "payload": {"stripe_customer_id": plan.customer.id}}
     )
-    client.v1.billing.meter_events.create(
+    # More than 15 significant digits: a 400 from v1 (docs/stripe.md#S-ME-3), a report from v2.
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.billing.meter_events.create(
+            {
+                "event_name": plan.meter.event_name,
+                "payload": {"stripe_customer_id": plan.customer.id, "value": "1.2345678901234567"},
+            }
+        )
+    assert raised.value.code == "meter_event_value_too_many_digits"
+    session = client.v2.billing.meter_event_session.create()
+    client.v2.billing.meter_event_stream.create(
         {
-            "event_name": plan.meter.event_name,
-            "payload": {"stripe_customer_id": plan.customer.id, "value": "1.23456789012345678"},
-        }
+            "events": [
+                {
+                    "event_name": plan.meter.event_name,
+                    "payload": {
+                        "stripe_customer_id": plan.customer.id,
+                        "value": "1.2345678901234567",
+                    },
+                }
+            ]
+        },
+        {"api_key": session.authentication_token},
     )
     emu.wait_idle()
     codes = [e["error_code"] for e in emu.meter_events()]
     assert codes == [
         "meter_event_customer_not_found",
         "no_meter",
+        "meter_event_value_too_many_digits",
         "meter_event_value_too_many_digits",
     ]
     thin_types = [
@@ -236,3 +255,27 @@ def test_cancel_adjustment_removes_the_event_from_aggregation(client: stripe.Str
                 "cancel": {"identifier": "never-sent"},
             }
         )
+
+
+def test_v2_stream_error_reports_name_the_requests_idempotency_key(
+    client: stripe.StripeClient, emu: StripeEmulator
+) -> None:
+    """One key for up to 100 events: the report names the request, never an event."""
+    plan = metered_plan(client)
+    session = client.v2.billing.meter_event_session.create()
+    events: list[Any] = [
+        {
+            "event_name": plan.meter.event_name,
+            "identifier": f"ghost-{i}",
+            "payload": {"stripe_customer_id": "cus_ghost", "value": "1"},
+        }
+        for i in range(3)
+    ]
+    options: Any = {"api_key": session.authentication_token, "idempotency_key": "stream-req-1"}
+    client.v2.billing.meter_event_stream.create({"events": events}, options)
+    [thin] = client.v2.core.events.list().data
+    event = client.v2.core.events.retrieve(thin.id).to_dict()
+    [error_type] = event["data"]["reason"]["error_types"]
+    assert error_type["code"] == "meter_event_customer_not_found"
+    assert error_type["error_count"] == 3
+    assert {s["request"]["identifier"] for s in error_type["sample_errors"]} == {"stream-req-1"}

@@ -3,7 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+import requests
 import stripe
+
+from tests.support.stripe_contract import TRIMMED_SPEC
 
 
 def test_standalone_emulator_serves_the_sdk_and_stops_on_stdin_eof():
@@ -15,6 +19,8 @@ def test_standalone_emulator_serves_the_sdk_and_stops_on_stdin_eof():
             "--until-stdin-closes",
             "--grace-period-seconds",
             "600",
+            "--contract-spec",
+            str(TRIMMED_SPEC),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -29,6 +35,15 @@ def test_standalone_emulator_serves_the_sdk_and_stops_on_stdin_eof():
         fetched = client.v1.customers.retrieve(customer.id)
         assert fetched.metadata is not None
         assert fetched.metadata["tenant"] == "acme"
+        # Another process drives its faults and reads its contract findings over HTTP.
+        rule = {"path": "/v1/customers", "count": 1, "status": 503}
+        requests.post(f"{url}/_emulator/faults/fail_next", json=rule, timeout=5)
+        with pytest.raises(stripe.APIError):
+            client.v1.customers.list()
+        contract = requests.get(f"{url}/_emulator/contract", timeout=5).json()
+        assert contract["enabled"] is True
+        assert "GET /v1/customers/{customer}" in contract["operations"]
+        assert contract["violations"] == []
     finally:
         assert process.stdin is not None
         process.stdin.close()

@@ -11,10 +11,17 @@ v2 session + stream), event summaries, adjustments, subscriptions, test clocks, 
         ...
         emu.wait_idle()  # clocks ready, usage aggregated, webhooks settled
 
-Modules: `server` (HTTP, auth, idempotency, lifecycle), `api` (one function per endpoint),
-`billing` (meter events, aggregation, subscriptions, clocks, invoices), `webhooks` (events and
-delivery), `objects` (Stripe's object shapes), `store`, `wire` (form encoding), `faults`.
-Change faults on a running emulator by mutating `emu.config` fields or `emu.set_faults(...)`.
+It follows Stripe's documented rules, not meterbridge's code: each rule is commented with its
+line in docs/stripe.md (`S-…` ids), which names the source and says what is undocumented.
+
+Modules: `server` (HTTP, auth, saved idempotent answers, control routes, lifecycle), `api`
+(one function per endpoint), `metering` (meter events, aggregation, error reports), `billing`
+(subscriptions, changes, cancellations, thresholds, test clocks), `invoicing` (invoices,
+lines, invoice items, previews), `webhooks` (events and delivery), `versions` (rendering per
+API version), `contract` (opt-in OpenAPI checks), `objects` (Stripe's object shapes),
+`store`, `wire` (form encoding), `faults`. Change faults on a running emulator by mutating
+`emu.config` fields, `emu.set_faults(...)`, `emu.fail_next(...)` or the `/_emulator/faults`
+routes; turn on contract mode with `emu.enable_contract(spec)` or `contract_spec`.
 """
 
 from .config import EmulatorConfig

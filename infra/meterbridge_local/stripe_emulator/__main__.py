@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     numbers = {f.name for f in fields(EmulatorConfig) if f.type in ("float", "int")}
     for name in sorted(numbers):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
+    # Text settings, e.g. --contract-spec tests/fixtures/stripe_openapi_trimmed.json (findings
+    # at GET /_emulator/contract) or --render-api-version 2025-09-30.clover.
+    texts = {f.name for f in fields(EmulatorConfig) if f.type in ("str", "str | None")}
+    for name in sorted(texts):
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name)
     parser.add_argument(
         "--until-stdin-closes", action="store_true", help="stop when stdin reaches EOF"
     )
@@ -31,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in fields(EmulatorConfig)
         if f.name in numbers and getattr(args, f.name) is not None
     }
+    overrides.update({name: getattr(args, name) for name in texts if getattr(args, name)})
     emulator = StripeEmulator(EmulatorConfig(**overrides)).start(port=args.port)
     print(emulator.url, flush=True)
     stop = threading.Event()

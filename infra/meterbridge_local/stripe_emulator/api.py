@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable
@@ -11,13 +12,13 @@ from typing import Any
 
 from . import objects
 from .billing import Billing
-from .errors import StripeApiError, invalid, missing, required
+from .errors import StripeApiError, invalid, invalid_param, missing, required
 from .store import Obj, Store, paginate, public
 from .webhooks import THIN_EVENT, rfc3339
 from .wire import as_bool, as_dict, as_int, as_list, merge_metadata, need_int, need_str
 
-SESSION_SECONDS = 15 * 60
-STREAM_MAX_EVENTS = 100
+SESSION_SECONDS = 15 * 60  # v2 session tokens (docs/stripe.md#S-ME-5)
+STREAM_MAX_EVENTS = 100  # per v2 stream request (S-ME-5)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Call:
     request_id: str
     api_key: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    api_version: str = ""
 
     @property
     def request(self) -> Obj:
@@ -239,11 +241,19 @@ class Api:
         params = call.params
         need_str(params, "display_name")
         event_name = need_str(params, "event_name")
+        # The spec's enums (docs/stripe.md#S-AGG-2, S-WINDOW-1).
         formula = as_dict(params, "default_aggregation").get("formula")
         if formula not in ("sum", "count", "last"):
-            raise invalid(
+            raise invalid_param(
                 "default_aggregation[formula] must be sum, count or last.",
                 param="default_aggregation[formula]",
+            )
+        if params.get("event_time_window") not in (None, "day", "hour"):
+            raise invalid_param("event_time_window must be day or hour.", param="event_time_window")
+        mapping = as_dict(params, "customer_mapping")
+        if mapping and mapping.get("type", "by_id") != "by_id":
+            raise invalid_param(
+                "customer_mapping[type] must be by_id.", param="customer_mapping[type]"
             )
         with self.store.lock:
             if any(
@@ -291,7 +301,7 @@ class Api:
 
     @route("GET", "/v1/billing/meters/{id}/event_summaries")
     def event_summaries(self, call: Call) -> Obj:
-        return self.billing.summaries(call.path_args[0], call.params)
+        return self.billing.metering.summaries(call.path_args[0], call.params)
 
     @route("POST", "/v1/billing/meter_events")
     def create_meter_event(self, call: Call) -> Obj:
@@ -300,16 +310,17 @@ class Api:
         payload = params.get("payload")
         if not isinstance(payload, dict) or not payload:
             raise required("payload")
-        record = self.billing.record_meter_event(
+        record = self.billing.metering.record_meter_event(
             event_name=event_name,
             payload=payload,
             identifier=params.get("identifier") or None,
             timestamp=as_int(params, "timestamp"),
             idempotency_key=call.idempotency_key,
             source="v1",
+            request_id=call.request_id,
             reject_duplicates=True,
         )
-        self.billing.report_errors([record])
+        self.billing.metering.report_errors([record])
         return {
             "object": "billing.meter_event",
             "created": Billing.wall_now(),
@@ -345,7 +356,7 @@ class Api:
         identifier = as_dict(params, "cancel").get("identifier")
         if not identifier:
             raise required("cancel[identifier]")
-        return self.billing.cancel_meter_event(event_name, identifier)
+        return self.billing.metering.cancel_meter_event(event_name, identifier)
 
     @route("POST", "/v2/billing/meter_event_session")
     def create_session(self, call: Call) -> Obj:
@@ -389,17 +400,18 @@ class Api:
                         "Invalid timestamp.", param=f"events[{index}].timestamp"
                     ) from None
             records.append(
-                self.billing.record_meter_event(
+                self.billing.metering.record_meter_event(
                     event_name=event["event_name"],
                     payload={k: str(v) for k, v in event["payload"].items()},
                     identifier=event.get("identifier") or None,
                     timestamp=timestamp,
                     idempotency_key=call.idempotency_key,
                     source="v2",
+                    request_id=call.request_id,
                     reject_duplicates=False,
                 )
             )
-        self.billing.report_errors(records)
+        self.billing.metering.report_errors(records)
         return {}
 
     # ---- subscriptions ------------------------------------------------------------------
@@ -411,14 +423,25 @@ class Api:
 
     @route("GET", "/v1/subscriptions")
     def list_subscriptions(self, call: Call) -> Obj:
+        """Without `status`, every subscription that is not canceled; `ended` is canceled or
+        incomplete_expired; `all` is all (docs/stripe.md#S-LIST-1)."""
         params = call.params
-        status = params.get("status") or "active"
+        status = params.get("status")
         price = params.get("price")
+
+        def wanted(subscription: Obj) -> bool:
+            current = subscription.get("status")
+            if status in (None, ""):
+                return current != "canceled"
+            if status == "ended":
+                return current in ("canceled", "incomplete_expired")
+            return status in ("all", current)
+
         with self.store.lock:
             found = [
                 s
                 for s in reversed(self.store.all("subscription"))
-                if (status == "all" or s.get("status") == status)
+                if wanted(s)
                 and all(s.get(k) == params[k] for k in ("customer", "test_clock") if params.get(k))
                 and (not price or any(i["price"]["id"] == price for i in self.billing.items_of(s)))
             ]
@@ -434,20 +457,22 @@ class Api:
     @route("POST", "/v1/subscriptions/{id}")
     def update_subscription(self, call: Call) -> Obj:
         with self.store.lock:
-            subscription = self.store.get("subscription", call.path_args[0])
-            if "metadata" in call.params:
-                subscription["metadata"] = merge_metadata(
-                    subscription["metadata"], as_dict(call.params, "metadata")
-                )
-            if "description" in call.params:
-                subscription["description"] = call.params["description"] or None
+            subscription = self.billing.update_subscription(
+                call.path_args[0], call.params, call.request
+            )
             return self.billing.render_subscription(subscription)
 
     @route("DELETE", "/v1/subscriptions/{id}")
     def cancel_subscription(self, call: Call) -> Obj:
         with self.store.lock:
-            subscription = self.billing.cancel_subscription(call.path_args[0], call.request)
+            subscription = self.billing.cancel_subscription(
+                call.path_args[0], call.params, call.request
+            )
             return self.billing.render_subscription(subscription)
+
+    @route("POST", "/v1/subscription_items")
+    def create_subscription_item(self, call: Call) -> Obj:
+        return public(self.billing.add_item(call.params, call.request))
 
     @route("GET", "/v1/subscription_items")
     def list_subscription_items(self, call: Call) -> Obj:
@@ -461,6 +486,23 @@ class Api:
     @route("GET", "/v1/subscription_items/{id}")
     def get_subscription_item(self, call: Call) -> Obj:
         return public(self.store.get("subscription_item", call.path_args[0]))
+
+    @route("POST", "/v1/subscription_items/{id}")
+    def update_subscription_item(self, call: Call) -> Obj:
+        with self.store.lock:
+            return public(self.billing.update_item(call.path_args[0], call.params, call.request))
+
+    @route("DELETE", "/v1/subscription_items/{id}")
+    def delete_subscription_item(self, call: Call) -> Obj:
+        return self.billing.delete_item(call.path_args[0], call.params, call.request)
+
+    @route("GET", "/v1/invoiceitems")
+    def list_invoice_items(self, call: Call) -> Obj:
+        return self.billing.invoicing.list_invoice_items(call.params)
+
+    @route("GET", "/v1/invoiceitems/{id}")
+    def get_invoice_item(self, call: Call) -> Obj:
+        return public(self.store.get("invoiceitem", call.path_args[0]))
 
     # ---- test clocks --------------------------------------------------------------------
 
@@ -512,32 +554,36 @@ class Api:
                     or _invoice_subscription(i) == params["subscription"]
                 )
             ]
-            return paginate(found, params, "/v1/invoices", self.billing.render_invoice)
+            return paginate(found, params, "/v1/invoices", self.billing.invoicing.render_invoice)
+
+    # Before /v1/invoices/{id}: a literal segment wins over a parameter.
+    @route("POST", "/v1/invoices/create_preview")
+    def create_preview(self, call: Call) -> Obj:
+        return self.billing.invoicing.preview(call.params, self.billing.preview_spans)
 
     @route("GET", "/v1/invoices/{id}")
     def get_invoice(self, call: Call) -> Obj:
         with self.store.lock:
-            return self.billing.render_invoice(self.store.get("invoice", call.path_args[0]))
+            invoice = self.store.get("invoice", call.path_args[0])
+            return self.billing.invoicing.render_invoice(invoice)
 
     @route("POST", "/v1/invoices/{id}")
     def update_invoice(self, call: Call) -> Obj:
+        invoicing = self.billing.invoicing
         with self.store.lock:
-            invoice = self.billing.update_invoice(call.path_args[0], call.params, call.request)
-            return self.billing.render_invoice(invoice)
+            invoice = invoicing.update_invoice(call.path_args[0], call.params, call.request)
+            return invoicing.render_invoice(invoice)
 
     @route("POST", "/v1/invoices/{id}/finalize")
     def finalize_invoice(self, call: Call) -> Obj:
+        invoicing = self.billing.invoicing
         with self.store.lock:
-            invoice = self.billing.finalize_invoice(call.path_args[0], call.request)
-            return self.billing.render_invoice(invoice)
+            invoice = invoicing.finalize_invoice(call.path_args[0], call.params)
+            return invoicing.render_invoice(invoice)
 
     @route("GET", "/v1/invoices/{id}/lines")
     def invoice_lines(self, call: Call) -> Obj:
-        with self.store.lock:
-            invoice = self.store.get("invoice", call.path_args[0])
-            lines = invoice.get("_lines", [])
-            page = paginate(lines, call.params, f"/v1/invoices/{invoice['id']}/lines", dict)
-            return page
+        return self.billing.invoicing.lines_page(call.path_args[0], call.params)
 
     # ---- events and webhook endpoints ---------------------------------------------------
 
@@ -621,6 +667,56 @@ class Api:
     @route("DELETE", "/v1/webhook_endpoints/{id}")
     def delete_webhook_endpoint(self, call: Call) -> Obj:
         return self.store.delete("webhook_endpoint", call.path_args[0])
+
+    # ---- expansion ----------------------------------------------------------------------
+
+    # Fields whose id `expand[]` may replace by the object (docs/stripe.md#S-LIST-2).
+    EXPANDABLE = {
+        "customer": "customer",
+        "invoice": "invoice",
+        "latest_invoice": "invoice",
+        "price": "price",
+        "product": "product",
+        "subscription": "subscription",
+        "subscription_item": "subscription_item",
+        "test_clock": "test_helpers.test_clock",
+    }
+
+    def expand(self, result: Any, paths: list[str]) -> Any:
+        """`result` with each dotted path's ids replaced by objects (`data.` walks a list)."""
+        expanded = copy.deepcopy(result)
+        with self.store.lock:
+            for path in paths:
+                self._expand(expanded, path.split("."), path)
+        return expanded
+
+    def _expand(self, node: Any, parts: list[str], path: str) -> None:
+        if not parts or not isinstance(node, dict):
+            return
+        head, rest = parts[0], parts[1:]
+        value = node.get(head)
+        if isinstance(value, list):
+            for item in value:
+                self._expand(item, rest, path)
+            return
+        if isinstance(value, dict):
+            self._expand(value, rest, path)
+            return
+        resource = self.EXPANDABLE.get(head)
+        if resource is None and head in node:
+            raise invalid(f"This property cannot be expanded ({path}).", param="expand")
+        if isinstance(value, str) and resource is not None:
+            found = self.store.find(resource, value)
+            if found is not None:
+                node[head] = self._render(resource, found)
+                self._expand(node[head], rest, path)
+
+    def _render(self, resource: str, obj: Obj) -> Obj:
+        if resource == "invoice":
+            return self.billing.invoicing.render_invoice(obj)
+        if resource == "subscription":
+            return self.billing.render_subscription(obj)
+        return public(obj)
 
     # ---- shared -------------------------------------------------------------------------
 

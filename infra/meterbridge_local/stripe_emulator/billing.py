@@ -1,4 +1,10 @@
-"""Billing behaviour: meter events and aggregation, subscriptions, test clocks and invoices."""
+"""Subscriptions and test clocks: what Stripe bills when, for renewals, changes and cancellations.
+
+Each subscription item keeps `_since`, the start of its usage not yet invoiced: the period
+start, or the moment it was added or its price switched. A renewal bills each metered item over
+[_since, period end); what else a change or cancellation bills follows docs/stripe.md
+(S-CHANGE-*, S-CANCEL-*, S-THRESH-*). Invoices themselves live in invoicing.py.
+"""
 
 from __future__ import annotations
 
@@ -6,99 +12,37 @@ import calendar
 import heapq
 import queue
 import threading
-import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from . import objects
 from .config import EmulatorConfig
-from .errors import StripeApiError, invalid, missing, required
-from .store import Obj, Store, public
+from .errors import invalid, required
+from .invoicing import Invoicing, amount_of, is_metered
+from .metering import Metering
+from .store import Obj, Store, customer_now, public, wall_now
 from .webhooks import Events
+from .wire import as_bool, as_dict, as_int, as_list, merge_metadata
 
-IDENTIFIER_MEMORY_SECONDS = (
-    24 * 3600
-)  # Stripe: unique "within a rolling period of at least 24 hours"
-WINDOW_PAST_SECONDS = 35 * 86400
-WINDOW_FUTURE_SECONDS = 300
-MAX_SIGNIFICANT_DIGITS = 15
-EMBEDDED_LINES = 10  # Stripe embeds the first 10 lines; the rest via /lines
-
-
-@dataclass
-class MeterEventRecord:
-    """One meter event as received, whatever became of it."""
-
-    identifier: str
-    event_name: str
-    payload: dict[str, Any]
-    timestamp: int
-    received_at: float
-    idempotency_key: str | None
-    source: str
-    status: str = "accepted"  # accepted | rejected | duplicate | canceled
-    error_code: str | None = None
-    error_message: str | None = None
-    meter: str | None = None
-    customer: str | None = None
-    value: Decimal = Decimal(0)
-    sequence: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "identifier": self.identifier,
-            "event_name": self.event_name,
-            "payload": dict(self.payload),
-            "timestamp": self.timestamp,
-            "received_at": self.received_at,
-            "idempotency_key": self.idempotency_key,
-            "source": self.source,
-            "status": self.status,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "meter": self.meter,
-            "customer": self.customer,
-            "value": str(self.value),
-        }
-
-
-@dataclass
-class _ErrorReport:
-    meter: str | None
-    by_code: dict[str, list[MeterEventRecord]] = field(default_factory=lambda: defaultdict(list))
+Span = tuple[int, int]
+DAY = 86_400
+PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
 
 
 def add_interval(anchor: int, interval: str, count: int) -> int:
     """`anchor` moved by `count` intervals; months keep the anchor's day, clamped to month end."""
     if interval == "day":
-        return anchor + count * 86400
+        return anchor + count * DAY
     if interval == "week":
-        return anchor + count * 7 * 86400
+        return anchor + count * 7 * DAY
     months = count * (12 if interval == "year" else 1)
     start = datetime.fromtimestamp(anchor, UTC)
     month_index = start.month - 1 + months
     year, month = start.year + month_index // 12, month_index % 12 + 1
     day = min(start.day, calendar.monthrange(year, month)[1])
     return int(start.replace(year=year, month=month, day=day).timestamp())
-
-
-def parse_value(raw: Any) -> Decimal:
-    if not isinstance(raw, str | int) or isinstance(raw, bool):
-        raise ValueError("value must be a number string")
-    try:
-        value = Decimal(str(raw).strip())
-    except InvalidOperation:
-        raise ValueError(f"invalid value {raw!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"invalid value {raw!r}")
-    return value
-
-
-def significant_digits(value: Decimal) -> int:
-    return len(value.normalize().as_tuple().digits)
 
 
 class Billing:
@@ -108,10 +52,8 @@ class Billing:
         self.store = store
         self.config = config
         self.events = events
-        self.meter_events: list[MeterEventRecord] = []
-        self._by_identifier: dict[str, MeterEventRecord] = {}
-        self._usage: dict[tuple[str, str], list[MeterEventRecord]] = defaultdict(list)
-        self._sequence = 0
+        self.metering = Metering(store, config, events)
+        self.invoicing = Invoicing(store, config, events, self.metering, self.track_invoice)
         self._clock_subscriptions: dict[str, list[str]] = defaultdict(list)
         self._clock_invoices: dict[str, list[str]] = defaultdict(list)
         self._clock_jobs: queue.Queue[str | None] = queue.Queue()
@@ -124,252 +66,10 @@ class Billing:
 
     @staticmethod
     def wall_now() -> int:
-        return int(time.time())
+        return wall_now()
 
     def customer_now(self, customer: Obj | None) -> int:
-        """The customer's 'now': its test clock's frozen time, else real time."""
-        clock_id = customer.get("test_clock") if customer else None
-        if clock_id:
-            clock = self.store.find("test_helpers.test_clock", clock_id)
-            if clock is not None:
-                return int(clock["frozen_time"])
-        return self.wall_now()
-
-    # ---- meter events -------------------------------------------------------------------
-
-    def record_meter_event(
-        self,
-        *,
-        event_name: str,
-        payload: dict[str, Any],
-        identifier: str | None,
-        timestamp: int | None,
-        idempotency_key: str | None,
-        source: str,
-        reject_duplicates: bool,
-    ) -> MeterEventRecord:
-        """Validate like Stripe: duplicates (optionally timestamps) at once, the rest later.
-
-        Asynchronous failures are recorded as `rejected` and reported through a thin
-        `v1.billing.meter.error_report_triggered` event, as Stripe does.
-        """
-        now = time.time()
-        with self.store.lock:
-            self._sequence += 1
-            record = MeterEventRecord(
-                identifier=identifier or self.store.new_id("mev", 20),
-                event_name=event_name,
-                payload=dict(payload),
-                timestamp=timestamp if timestamp is not None else 0,
-                received_at=now,
-                idempotency_key=idempotency_key,
-                source=source,
-                sequence=self._sequence,
-            )
-            self.meter_events.append(record)
-            if len(record.identifier) > 100:
-                record.status = "rejected"
-                raise invalid("identifier must be at most 100 characters", param="identifier")
-            earlier = self._by_identifier.get(record.identifier)
-            if earlier is not None and now - earlier.received_at < IDENTIFIER_MEMORY_SECONDS:
-                record.status = "duplicate"
-                if reject_duplicates:
-                    raise StripeApiError(
-                        400,
-                        f"An event already exists with identifier {record.identifier}.",
-                        param="identifier",
-                        should_retry=False,
-                    )
-                return record
-            _meter, customer, error = self._resolve(record)
-            reference = (
-                self.customer_now(customer)
-                if self.config.timestamp_reference == "clock"
-                else self.wall_now()
-            )
-            if timestamp is None:
-                record.timestamp = reference
-            window_error = self._window_error(record.timestamp, reference)
-            if window_error is not None and self.config.timestamp_validation == "sync":
-                record.status = "rejected"
-                record.error_code, record.error_message = window_error
-                raise invalid(window_error[1], param="timestamp", code=window_error[0])
-            error = error or window_error
-            self._by_identifier[record.identifier] = record
-            if error is not None:
-                record.status = "rejected"
-                record.error_code, record.error_message = error
-            else:
-                self._usage[(record.meter or "", record.customer or "")].append(record)
-        return record
-
-    def _resolve(
-        self, record: MeterEventRecord
-    ) -> tuple[Obj | None, Obj | None, tuple[str, str] | None]:
-        meters = [
-            m for m in self.store.all("billing.meter") if m.get("event_name") == record.event_name
-        ]
-        if not meters:
-            return None, None, ("no_meter", f"No meter found for event_name {record.event_name}.")
-        active = [m for m in meters if m.get("status") == "active"]
-        meter = (active or meters)[0]
-        record.meter = meter["id"]
-        customer_key = meter["customer_mapping"]["event_payload_key"]
-        customer_id = record.payload.get(customer_key)
-        customer = self.store.find("customer", customer_id) if customer_id else None
-        if customer is not None:
-            record.customer = customer["id"]
-        if not active:
-            return meter, customer, ("archived_meter", f"Meter {meter['id']} is inactive.")
-        if not customer_id:
-            return (
-                meter,
-                None,
-                (
-                    "meter_event_no_customer_defined",
-                    f"Payload has no '{customer_key}' to identify the customer.",
-                ),
-            )
-        if customer is None or customer.get("deleted"):
-            return (
-                meter,
-                None,
-                (
-                    "meter_event_customer_not_found",
-                    f"No customer found with id '{customer_id}'.",
-                ),
-            )
-        value_key = meter["value_settings"]["event_payload_key"]
-        raw_value = record.payload.get(value_key)
-        if raw_value is None and meter["default_aggregation"]["formula"] == "count":
-            raw_value = "1"
-        try:
-            record.value = parse_value(raw_value)
-        except ValueError as exc:
-            return meter, customer, ("meter_event_invalid_value", f"'{value_key}': {exc}.")
-        if significant_digits(record.value) > MAX_SIGNIFICANT_DIGITS:
-            return (
-                meter,
-                customer,
-                (
-                    "meter_event_value_too_many_digits",
-                    f"'{value_key}' has more than {MAX_SIGNIFICANT_DIGITS} significant digits.",
-                ),
-            )
-        return meter, customer, None
-
-    @staticmethod
-    def _window_error(timestamp: int, reference: int) -> tuple[str, str] | None:
-        if timestamp < reference - WINDOW_PAST_SECONDS:
-            return (
-                "timestamp_too_far_in_past",
-                f"Timestamp {timestamp} is more than 35 days before {reference}.",
-            )
-        if timestamp > reference + WINDOW_FUTURE_SECONDS:
-            return (
-                "timestamp_in_future",
-                f"Timestamp {timestamp} is more than 5 minutes after {reference}.",
-            )
-        return None
-
-    def report_errors(self, records: list[MeterEventRecord]) -> None:
-        """One thin error event per meter for the failures of one request, with samples."""
-        reports: dict[str | None, _ErrorReport] = {}
-        for record in records:
-            if record.status == "rejected" and record.error_code:
-                report = reports.setdefault(record.meter, _ErrorReport(record.meter))
-                report.by_code[record.error_code].append(record)
-        for meter_id, report in reports.items():
-            now = time.time()
-            total = sum(len(group) for group in report.by_code.values())
-            error_types = [
-                {
-                    "code": code,
-                    "error_count": len(group),
-                    "sample_errors": [
-                        {
-                            "error_message": sample.error_message,
-                            "request": {"identifier": sample.idempotency_key or sample.identifier},
-                        }
-                        for sample in group[:5]
-                    ],
-                }
-                for code, group in report.by_code.items()
-            ]
-            from .webhooks import rfc3339
-
-            data = {
-                "developer_message_summary": f"{total} meter event(s) failed validation.",
-                "reason": {"error_count": total, "error_types": error_types},
-                "validation_start": rfc3339(now - 60),
-                "validation_end": rfc3339(now),
-            }
-            if meter_id is None:
-                self.events.thin("v1.billing.meter.no_meter_found", None, data)
-            else:
-                related = {
-                    "id": meter_id,
-                    "type": "billing.meter",
-                    "url": f"/v1/billing/meters/{meter_id}",
-                }
-                self.events.thin("v1.billing.meter.error_report_triggered", related, data)
-
-    def cancel_meter_event(self, event_name: str, identifier: str) -> Obj:
-        with self.store.lock:
-            record = self._by_identifier.get(identifier)
-            if record is None or record.event_name != event_name:
-                raise invalid(
-                    f"No meter event found with identifier {identifier}.",
-                    param="cancel[identifier]",
-                )
-            if time.time() - record.received_at > IDENTIFIER_MEMORY_SECONDS:
-                raise invalid(
-                    "Meter events can only be canceled within 24 hours of being received.",
-                    param="cancel[identifier]",
-                )
-            if record.status == "accepted":
-                record.status = "canceled"
-        return {
-            "object": "billing.meter_event_adjustment",
-            "cancel": {"identifier": identifier},
-            "event_name": event_name,
-            "livemode": False,
-            "status": "complete",
-            "type": "cancel",
-        }
-
-    def aggregate(self, meter: Obj, customer_id: str, start: int, end: int) -> Decimal:
-        """The meter's formula over this customer's counted events with start <= timestamp < end.
-
-        An event counts only once `aggregation_lag_seconds` of wall time have passed since it was
-        received: Stripe aggregates asynchronously, the root of the naive integration's losses.
-        """
-        horizon = time.time() - self.config.aggregation_lag_seconds
-        with self.store.lock:
-            counted = [
-                r
-                for r in self._usage.get((meter["id"], customer_id), [])
-                if r.status == "accepted"
-                and r.received_at <= horizon
-                and start <= r.timestamp < end
-            ]
-        formula = meter["default_aggregation"]["formula"]
-        if formula == "count":
-            return Decimal(len(counted))
-        if formula == "last":
-            if not counted:
-                return Decimal(0)
-            return max(counted, key=lambda r: (r.timestamp, r.sequence)).value
-        return sum((r.value for r in counted), Decimal(0))
-
-    def aggregation_settled(self) -> bool:
-        horizon = time.time() - self.config.aggregation_lag_seconds
-        with self.store.lock:
-            return all(
-                r.received_at <= horizon
-                for r in self.meter_events[-10000:]
-                if r.status == "accepted"
-            )
+        return customer_now(self.store, customer)
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -377,28 +77,21 @@ class Billing:
         customer_id = params.get("customer")
         if not customer_id:
             raise required("customer")
-        raw_items = params.get("items") or []
-        if isinstance(raw_items, dict):
-            raw_items = list(raw_items.values())
+        raw_items = as_list(params, "items")
         if not raw_items:
             raise required("items")
+        mode = as_dict(params, "billing_mode").get("type") or self.config.default_billing_mode
+        if mode not in ("flexible", "classic"):
+            raise invalid("billing_mode[type] must be flexible or classic.", "billing_mode[type]")
         with self.store.lock:
             customer = self.store.get("customer", customer_id)
-            prices = []
-            for index, raw in enumerate(raw_items):
-                price_id = raw.get("price") if isinstance(raw, dict) else None
-                if not price_id:
-                    raise required(f"items[{index}][price]")
-                price = self.store.get("price", price_id)
-                if not price.get("recurring"):
-                    raise invalid(
-                        "The price specified is set to `type=one_time` but this field only "
-                        "accepts prices with `type=recurring`.",
-                        param=f"items[{index}][price]",
-                    )
-                prices.append((price, raw))
+            prices = [self._price_for(raw, index, []) for index, raw in enumerate(raw_items)]
+            self._refuse_duplicates(prices)
             now = self.customer_now(customer)
             subscription = objects.subscription(self.store.new_id("sub"), now, customer, params)
+            # Flexible is the default since 2025-09-30.clover (docs/stripe.md#S-MODE-1).
+            subscription["billing_mode"] = objects.billing_mode(mode, now)
+            subscription["billing_thresholds"] = _thresholds(params)
             subscription["metadata"] = {
                 k: str(v) for k, v in (params.get("metadata") or {}).items()
             }
@@ -409,17 +102,9 @@ class Billing:
             subscription["items"]["url"] = (
                 f"/v1/subscription_items?subscription={subscription['id']}"
             )
-            item_ids = []
+            subscription["_items"] = []
             for price, raw in prices:
-                item = objects.subscription_item(
-                    self.store.new_id("si", 14), now, subscription["id"], public(price)
-                )
-                if price["recurring"].get("usage_type") != "metered":
-                    item["quantity"] = int(raw.get("quantity") or 1)
-                item["metadata"] = {k: str(v) for k, v in (raw.get("metadata") or {}).items()}
-                self.store.put("subscription_item", item)
-                item_ids.append(item["id"])
-            subscription["_items"] = item_ids
+                self._add_item(subscription, price, raw, now)
             self.store.put("subscription", subscription)
             if subscription.get("test_clock"):
                 self._clock_subscriptions[subscription["test_clock"]].append(subscription["id"])
@@ -430,17 +115,59 @@ class Billing:
                 now,
                 request=request,
             )
-            first = self._new_invoice(
-                subscription,
+            # The first invoice finalizes at once (docs/stripe.md#S-GRACE-3): licensed items
+            # in advance, metered ones at 0.
+            period = self.current_period(subscription)
+            first = self.invoicing.new_invoice(
                 customer,
+                subscription,
                 "subscription_create",
                 now,
-                self.current_period(subscription),
+                (now, now),
+                [(item, period) for item in self.items_of(subscription)],
+                pending=False,
             )
-            self._finalize(first, now)
+            self.invoicing.finalize(first, now)
             return subscription
 
-    def current_period(self, subscription: Obj) -> tuple[int, int]:
+    def _price_for(self, raw: Any, index: int, existing: list[Obj]) -> tuple[Obj, Obj]:
+        if not isinstance(raw, dict) or not raw.get("price"):
+            raise required(f"items[{index}][price]")
+        price = self.store.get("price", raw["price"])
+        if not price.get("recurring"):
+            raise invalid(
+                "The price specified is set to `type=one_time` but this field only accepts "
+                "prices with `type=recurring`.",
+                param=f"items[{index}][price]",
+            )
+        if any(item["price"]["id"] == price["id"] for item in existing):
+            raise _duplicate_price(index)
+        return price, raw
+
+    @staticmethod
+    def _refuse_duplicates(prices: list[tuple[Obj, Obj]]) -> None:
+        """Stripe refuses one price twice in a subscription; two prices of one meter are
+        allowed, and each line bills the whole aggregate (docs/stripe.md#S-AGG-1)."""
+        seen: set[str] = set()
+        for index, (price, _) in enumerate(prices):
+            if price["id"] in seen:
+                raise _duplicate_price(index)
+            seen.add(price["id"])
+
+    def _add_item(self, subscription: Obj, price: Obj, raw: Obj, now: int) -> Obj:
+        item = objects.subscription_item(
+            self.store.new_id("si", 14), now, subscription["id"], public(price)
+        )
+        if not is_metered(price):
+            item["quantity"] = int(raw.get("quantity") or 1)
+        item["metadata"] = {k: str(v) for k, v in (raw.get("metadata") or {}).items()}
+        item["_since"] = now
+        start, end = self.current_period(subscription) if "_interval" in subscription else (0, 0)
+        item["current_period_start"], item["current_period_end"] = start, end
+        subscription["_items"].append(item["id"])
+        return self.store.put("subscription_item", item)
+
+    def current_period(self, subscription: Obj) -> Span:
         interval, count = subscription["_interval"]
         index = subscription["_period_index"]
         anchor = subscription["billing_cycle_anchor"]
@@ -450,8 +177,7 @@ class Billing:
 
     def _set_item_periods(self, subscription: Obj) -> None:
         start, end = self.current_period(subscription)
-        for item_id in subscription["_items"]:
-            item = self.store.get("subscription_item", item_id)
+        for item in self.items_of(subscription):
             item["current_period_start"], item["current_period_end"] = start, end
 
     def items_of(self, subscription: Obj) -> list[Obj]:
@@ -469,169 +195,332 @@ class Billing:
                 "object": "list",
                 "data": items,
                 "has_more": False,
-                "total_count": len(items),
                 "url": f"/v1/subscription_items?subscription={subscription['id']}",
             }
         return rendered
 
-    def cancel_subscription(self, subscription_id: str, request: Obj) -> Obj:
+    # ---- changes ------------------------------------------------------------------------
+
+    def update_subscription(self, subscription_id: str, params: Obj, request: Obj) -> Obj:
+        """`POST /v1/subscriptions/{id}`: metadata, description, cancel_at_period_end,
+        billing_thresholds and items (add, switch price, `deleted`), each change billed as
+        Stripe bills it mid-period; one `customer.subscription.updated` with the previous
+        values of what changed."""
+        behavior = _proration_behavior(params)
         with self.store.lock:
-            subscription = self.store.get("subscription", subscription_id)
-            customer = self.store.find("customer", subscription["customer"])
-            now = self.customer_now(customer)
-            subscription.update(status="canceled", canceled_at=now, ended_at=now)
-            self.events.snapshot(
-                "customer.subscription.deleted",
-                self.render_subscription(subscription),
-                now,
-                request=request,
-            )
+            subscription = self._active(subscription_id)
+            now = self._now(subscription)
+            previous: Obj = {}
+            if "metadata" in params:
+                previous["metadata"] = dict(subscription["metadata"])
+                subscription["metadata"] = merge_metadata(
+                    subscription["metadata"], as_dict(params, "metadata")
+                )
+            if "description" in params:
+                previous["description"] = subscription.get("description")
+                subscription["description"] = params["description"] or None
+            if "cancel_at" in params:
+                raise invalid("cancel_at is not emulated; use cancel_at_period_end.", "cancel_at")
+            at_period_end = as_bool(params, "cancel_at_period_end")
+            if at_period_end is not None and at_period_end != subscription["cancel_at_period_end"]:
+                previous["cancel_at_period_end"] = subscription["cancel_at_period_end"]
+                previous["cancel_at"] = subscription["cancel_at"]
+                subscription["cancel_at_period_end"] = at_period_end
+                subscription["cancel_at"] = (
+                    self.current_period(subscription)[1] if at_period_end else None
+                )
+            if "billing_thresholds" in params:
+                previous["billing_thresholds"] = subscription["billing_thresholds"]
+                subscription["billing_thresholds"] = _thresholds(params)
+            raw_items = as_list(params, "items")
+            if raw_items:
+                previous["items"] = self.render_subscription(subscription)["items"]
+                for index, raw in enumerate(raw_items):
+                    self._change_item(subscription, raw, index, behavior, now)
+                self._refuse_duplicates([(i["price"], i) for i in self.items_of(subscription)])
+                self._invoice_now_if_asked(subscription, behavior, now)
+            self._updated(subscription, previous, now, request)
             return subscription
 
-    # ---- invoices -----------------------------------------------------------------------
+    def add_item(self, params: Obj, request: Obj) -> Obj:
+        """`POST /v1/subscription_items`: a new item accrues usage from now
+        (docs/stripe.md#S-CHANGE-2)."""
+        subscription_id = params.get("subscription")
+        if not subscription_id:
+            raise required("subscription")
+        with self.store.lock:
+            subscription = self._active(subscription_id)
+            previous = {"items": self.render_subscription(subscription)["items"]}
+            now = self._now(subscription)
+            price, raw = self._price_for(params, 0, self.items_of(subscription))
+            item = self._add_item(subscription, price, raw, now)
+            self._updated(subscription, previous, now, request)
+            return item
 
-    def _new_invoice(
-        self,
-        subscription: Obj,
-        customer: Obj,
-        billing_reason: str,
-        created: int,
-        usage_period: tuple[int, int],
-    ) -> Obj:
-        invoice = objects.invoice(self.store.new_id("in"), created, customer, subscription)
-        invoice["billing_reason"] = billing_reason
-        invoice["currency"] = subscription["currency"]
-        invoice["collection_method"] = subscription["collection_method"]
-        invoice["period_start"], invoice["period_end"] = (
-            usage_period if billing_reason == "subscription_cycle" else (created, created)
+    def update_item(self, item_id: str, params: Obj, request: Obj) -> Obj:
+        """`POST /v1/subscription_items/{id}`: a price switch or a new quantity."""
+        behavior = _proration_behavior(params)
+        with self.store.lock:
+            item = self.store.get("subscription_item", item_id)
+            subscription = self._active(item["subscription"])
+            previous = {"items": self.render_subscription(subscription)["items"]}
+            now = self._now(subscription)
+            self._change_item(subscription, {**params, "id": item_id}, 0, behavior, now)
+            self._invoice_now_if_asked(subscription, behavior, now)
+            self._updated(subscription, previous, now, request)
+            return item
+
+    def delete_item(self, item_id: str, params: Obj, request: Obj) -> Obj:
+        """`DELETE /v1/subscription_items/{id}`."""
+        behavior = _proration_behavior(params)
+        with self.store.lock:
+            item = self.store.get("subscription_item", item_id)
+            subscription = self._active(item["subscription"])
+            previous = {"items": self.render_subscription(subscription)["items"]}
+            now = self._now(subscription)
+            self._change_item(subscription, {"id": item_id, "deleted": "true"}, 0, behavior, now)
+            self._invoice_now_if_asked(subscription, behavior, now)
+            self._updated(subscription, previous, now, request)
+            return {"id": item_id, "object": "subscription_item", "deleted": True}
+
+    def _change_item(
+        self, subscription: Obj, raw: Any, index: int, behavior: str, now: int
+    ) -> None:
+        if not isinstance(raw, dict):
+            raise invalid(f"Invalid items[{index}].", f"items[{index}]")
+        item_id = raw.get("id")
+        if not item_id:  # a new item
+            price, raw = self._price_for(raw, index, self.items_of(subscription))
+            self._add_item(subscription, price, raw, now)
+            return
+        item = self.store.get("subscription_item", item_id)
+        if item["subscription"] != subscription["id"]:
+            raise invalid(f"{item_id} belongs to another subscription.", f"items[{index}][id]")
+        if as_bool(raw, "deleted"):
+            self._bill_usage_so_far(subscription, item, behavior, now)
+            subscription["_items"].remove(item_id)
+            self.store.delete("subscription_item", item_id)
+            return
+        if raw.get("price") and raw["price"] != item["price"]["id"]:
+            others = [i for i in self.items_of(subscription) if i["id"] != item_id]
+            price, _ = self._price_for(raw, index, others)
+            self._bill_usage_so_far(subscription, item, behavior, now)
+            item["price"], item["plan"] = public(price), objects.plan_of(public(price))
+            item["_since"] = now
+            if is_metered(price):
+                item.pop("quantity", None)
+        if raw.get("quantity") not in (None, "") and not is_metered(item["price"]):
+            item["quantity"] = as_int(raw, "quantity")
+        if "metadata" in raw:
+            item["metadata"] = merge_metadata(item["metadata"], as_dict(raw, "metadata"))
+
+    def _bill_usage_so_far(self, subscription: Obj, item: Obj, behavior: str, now: int) -> None:
+        """A metered price leaving the subscription mid-period. Flexible billing mode: an
+        invoice item for the usage aggregated up to now, billed on the next invoice, unless
+        proration_behavior=none (docs/stripe.md#S-CHANGE-1). Classic: that usage is never
+        billed (S-CHANGE-2)."""
+        if not is_metered(item["price"]) or now <= item["_since"]:
+            return
+        if subscription["billing_mode"]["type"] != "flexible" or behavior == "none":
+            return
+        customer = self.store.get("customer", subscription["customer"])
+        span = (item["_since"], now)
+        quantity = self._usage(customer["id"], item["price"], span) - item.get("_billed", 0)
+        self.invoicing.create_invoice_item(
+            customer, subscription, item, span, max(Decimal(quantity), Decimal(0)), now
         )
-        invoice["lines"]["url"] = f"/v1/invoices/{invoice['id']}/lines"
-        lines = []
-        for item in self.items_of(subscription):
-            metered = item["price"]["recurring"].get("usage_type") == "metered"
-            # Metered usage is billed in arrears for the period just ended; licensed in advance.
-            period = usage_period if metered else self.current_period(subscription)
-            line = objects.invoice_line(self.store.new_id("il"), invoice["id"], item, period)
-            line["description"] = f"{item['price'].get('nickname') or item['price']['id']}"
-            lines.append(line)
-        invoice["_lines"] = lines
-        self._price_lines(invoice, usage=billing_reason == "subscription_cycle")
-        if billing_reason == "subscription_cycle":
-            invoice["automatically_finalizes_at"] = created + self.config.grace_period_seconds
-        self.store.put("invoice", invoice)
-        self.track_invoice(invoice)
-        subscription["latest_invoice"] = invoice["id"]
-        self.events.snapshot("invoice.created", self.render_invoice(invoice), created)
-        return invoice
 
-    def _price_lines(self, invoice: Obj, *, usage: bool) -> None:
-        """Quantities and amounts from the meters (metered lines) or the item quantity."""
-        total = 0
-        for line in invoice["_lines"]:
-            details = (line.get("parent") or {}).get("subscription_item_details") or {}
-            item = self.store.find("subscription_item", details.get("subscription_item") or "")
-            if item is None:
-                total += int(line.get("amount") or 0)
-                continue
-            price = item["price"]
-            recurring = price.get("recurring") or {}
-            if recurring.get("usage_type") == "metered":
-                quantity = Decimal(0)
-                meter = self.store.find("billing.meter", recurring.get("meter") or "")
-                if usage and meter is not None:
-                    period = line["period"]
-                    quantity = self.aggregate(
-                        meter, invoice["customer"], period["start"], period["end"]
-                    )
-                quantity = max(quantity, Decimal(0))  # a negative cycle total bills as 0
-            else:
-                quantity = Decimal(item.get("quantity") or 1)
-            unit = Decimal(price.get("unit_amount_decimal") or 0)
-            amount = int((quantity * unit).to_integral_value(ROUND_HALF_UP))
-            line["quantity"] = int(quantity.to_integral_value(ROUND_HALF_UP))
-            line["quantity_decimal"] = format(quantity.normalize(), "f")
-            line["amount"] = line["subtotal"] = amount
-            total += amount
-        for key in ("amount_due", "amount_remaining", "subtotal", "subtotal_excluding_tax"):
-            invoice[key] = total
-        invoice["total"] = invoice["total_excluding_tax"] = total
+    def _invoice_now_if_asked(self, subscription: Obj, behavior: str, now: int) -> None:
+        """proration_behavior=always_invoice: the pending items are invoiced at once."""
+        if behavior != "always_invoice":
+            return
+        customer = self.store.get("customer", subscription["customer"])
+        if not self.invoicing.pending_items(customer["id"], subscription["id"]):
+            return
+        invoice = self.invoicing.new_invoice(
+            customer, subscription, "subscription_update", now, (now, now), []
+        )
+        self.invoicing.finalize(invoice, now)
 
-    def _finalize(self, invoice: Obj, now: int) -> None:
-        if invoice["billing_reason"] == "subscription_cycle" or invoice.get("_lines"):
-            # "During finalization, Stripe updates the invoice to reflect the latest quantity."
-            self._price_lines(invoice, usage=invoice["billing_reason"] != "subscription_create")
-        customer = self.store.find("customer", invoice["customer"]) or {}
-        sequence = customer.get("next_invoice_sequence", 1)
-        if customer:
-            customer["next_invoice_sequence"] = sequence + 1
-        invoice["number"] = f"{customer.get('invoice_prefix', 'EMU')}-{sequence:04d}"
-        invoice["status"] = "open"
-        invoice["status_transitions"]["finalized_at"] = now
-        invoice["effective_at"] = now
-        invoice["automatically_finalizes_at"] = None
-        invoice["webhooks_delivered_at"] = invoice["webhooks_delivered_at"] or now
-        self.events.snapshot("invoice.finalized", self.render_invoice(invoice), now)
-
-    def finalize_invoice(self, invoice_id: str, request: Obj) -> Obj:
-        with self.store.lock:
-            invoice = self.store.get("invoice", invoice_id)
-            if invoice.get("status") != "draft":
-                raise invalid(
-                    "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
-                    code="invoice_unexpected_status",
-                )
-            customer = self.store.find("customer", invoice.get("customer") or "")
-            self._finalize(invoice, self.customer_now(customer))
-            return invoice
-
-    def update_invoice(self, invoice_id: str, params: Obj, request: Obj) -> Obj:
-        from .wire import as_bool, merge_metadata
-
-        with self.store.lock:
-            invoice = self.store.get("invoice", invoice_id)
-            previous: Obj = {}
-            auto_advance = as_bool(params, "auto_advance")
-            if auto_advance is not None and auto_advance != invoice.get("auto_advance"):
-                previous["auto_advance"] = invoice.get("auto_advance")
-                invoice["auto_advance"] = auto_advance
-                if invoice.get("status") == "draft":
-                    invoice["automatically_finalizes_at"] = (
-                        invoice["created"] + self.config.grace_period_seconds
-                        if auto_advance
-                        else None
-                    )
-            if "metadata" in params:
-                previous["metadata"] = dict(invoice.get("metadata") or {})
-                update = params["metadata"] if isinstance(params["metadata"], dict) else {}
-                invoice["metadata"] = (
-                    {} if params["metadata"] == "" else merge_metadata(invoice["metadata"], update)
-                )
-            for key in ("description", "footer"):
-                if key in params:
-                    previous[key] = invoice.get(key)
-                    invoice[key] = params[key] or None
-            customer = self.store.find("customer", invoice.get("customer") or "")
+    def _updated(self, subscription: Obj, previous: Obj, now: int, request: Obj | None) -> None:
+        if previous:
+            self._set_item_periods(subscription)
             self.events.snapshot(
-                "invoice.updated",
-                self.render_invoice(invoice),
-                self.customer_now(customer),
+                "customer.subscription.updated",
+                self.render_subscription(subscription),
+                now,
                 previous_attributes=previous,
                 request=request,
             )
-            return invoice
 
-    def render_invoice(self, invoice: Obj) -> Obj:
-        rendered = public(invoice)
-        if "_lines" in invoice:
-            lines = invoice["_lines"]
-            rendered["lines"] = {
-                "object": "list",
-                "data": [dict(line) for line in lines[:EMBEDDED_LINES]],
-                "has_more": len(lines) > EMBEDDED_LINES,
-                "total_count": len(lines),
-                "url": f"/v1/invoices/{invoice['id']}/lines",
-            }
-        return rendered
+    # ---- cancellation -------------------------------------------------------------------
+
+    def cancel_subscription(self, subscription_id: str, params: Obj, request: Obj) -> Obj:
+        """`DELETE /v1/subscriptions/{id}`: with invoice_now=true a final invoice bills the
+        usage not yet invoiced and the pending items; by default that usage is discarded
+        (docs/stripe.md#S-CANCEL-1). `prorate` credits are not emulated."""
+        invoice_now = as_bool(params, "invoice_now", False)
+        with self.store.lock:
+            subscription = self._active(subscription_id)
+            now = self._now(subscription)
+            if invoice_now:
+                customer = self.store.get("customer", subscription["customer"])
+                final = self.invoicing.new_invoice(
+                    customer,
+                    subscription,
+                    self.config.invoice_now_billing_reason,
+                    now,
+                    (self.current_period(subscription)[0], now),
+                    self._metered_spans(subscription, now),
+                    finalizes_at=None
+                    if self.config.invoice_now_finalizes
+                    else now + self.config.grace_period_seconds,
+                )
+                if self.config.invoice_now_finalizes:
+                    self.invoicing.finalize(final, now)
+            self._end(subscription, now, request)
+            return subscription
+
+    def _end(self, subscription: Obj, now: int, request: Obj | None = None) -> None:
+        subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        subscription["cancellation_details"]["reason"] = "cancellation_requested"
+        self.events.snapshot(
+            "customer.subscription.deleted",
+            self.render_subscription(subscription),
+            now,
+            request=request,
+        )
+
+    def _metered_spans(self, subscription: Obj, end: int) -> list[tuple[Obj, Span]]:
+        return [
+            (item, (item["_since"], end))
+            for item in self.items_of(subscription)
+            if is_metered(item["price"])
+        ]
+
+    # ---- renewals -----------------------------------------------------------------------
+
+    def _renew(self, subscription: Obj, boundary: int) -> Obj:
+        """The period ends: a draft billing each metered item's usage in arrears and each
+        licensed item for the next period, finalizing after the grace period
+        (docs/stripe.md#S-GRACE-1). A subscription set to cancel at period end gets its final
+        invoice instead (S-CANCEL-2)."""
+        customer = self.store.get("customer", subscription["customer"])
+        previous = self.current_period(subscription)
+        finalizes_at = boundary + self.config.grace_period_seconds
+        if subscription["cancel_at_period_end"]:
+            final = self.invoicing.new_invoice(
+                customer,
+                subscription,
+                self.config.period_end_cancel_billing_reason,
+                boundary,
+                previous,
+                self._metered_spans(subscription, boundary),
+                finalizes_at=finalizes_at,
+            )
+            self._end(subscription, boundary)
+            return final
+        before = {
+            "items": self.render_subscription(subscription)["items"],
+            "latest_invoice": subscription["latest_invoice"],
+        }
+        subscription["_period_index"] += 1
+        self._set_item_periods(subscription)
+        draft = self.invoicing.new_invoice(
+            customer,
+            subscription,
+            "subscription_cycle",
+            boundary,
+            previous,
+            self._renewal_spans(subscription, boundary),
+            finalizes_at=finalizes_at,
+        )
+        for item in self.items_of(subscription):
+            item["_since"], item["_billed"] = boundary, 0
+        # A renewal changes the items' periods and the latest invoice: Stripe announces it
+        # (docs/stripe.md#S-CANCEL-5).
+        self._updated(subscription, before, boundary, None)
+        return draft
+
+    def _renewal_spans(self, subscription: Obj, boundary: int) -> list[tuple[Obj, Span]]:
+        """Metered items over [_since, boundary); licensed ones over the period to come."""
+        upcoming = self.current_period(subscription)
+        return [
+            (item, (item["_since"], boundary) if is_metered(item["price"]) else upcoming)
+            for item in self.items_of(subscription)
+        ]
+
+    def preview_spans(self, subscription_id: str) -> tuple[list[tuple[Obj, Span]], Span]:
+        """What the next invoice bills if nothing changes, for create_preview
+        (docs/stripe.md#S-PREVIEW-1): metered usage since `_since`, aggregated so far."""
+        subscription = self.store.get("subscription", subscription_id)
+        end = self.current_period(subscription)[1]
+        if subscription["cancel_at_period_end"]:
+            return self._metered_spans(subscription, end), self.current_period(subscription)
+        interval, count = subscription["_interval"]
+        upcoming = (end, add_interval(end, interval, count))
+        spans = [
+            (item, (item["_since"], end) if is_metered(item["price"]) else upcoming)
+            for item in self.items_of(subscription)
+        ]
+        return spans, self.current_period(subscription)
+
+    # ---- billing thresholds -------------------------------------------------------------
+
+    def _check_thresholds(self, subscription: Obj, now: int) -> None:
+        """billing_thresholds[amount_gte]: once the metered amount accrued this period
+        reaches it, a threshold invoice bills that usage; the period's invoice later bills
+        the rest (docs/stripe.md#S-THRESH-1). Not evaluated in the period's last 24 hours.
+        The emulator evaluates when a test clock advances, as of the clock's time then."""
+        thresholds = subscription.get("billing_thresholds") or {}
+        limit = thresholds.get("amount_gte")
+        if not limit or subscription.get("status") != "active":
+            return
+        if now >= self.current_period(subscription)[1] - DAY:
+            return
+        customer = self.store.get("customer", subscription["customer"])
+        accrued: list[tuple[Obj, Decimal]] = []
+        for item in self.items_of(subscription):
+            if is_metered(item["price"]) and now > item["_since"]:
+                used = self._usage(customer["id"], item["price"], (item["_since"], now))
+                accrued.append((item, used - item.get("_billed", 0)))
+        amount = sum(amount_of(max(q, Decimal(0)), i["price"]) for i, q in accrued)
+        if amount < limit:
+            return
+        invoice = self.invoicing.new_invoice(
+            customer,
+            subscription,
+            "subscription_threshold",
+            now,
+            (min(item["_since"] for item, _ in accrued), now),
+            [(item, (item["_since"], now)) for item, _ in accrued],
+            pending=False,
+            finalizes_at=now + self.config.grace_period_seconds,
+        )
+        invoice["threshold_reason"] = {"amount_gte": limit, "item_reasons": []}
+        for line in invoice["_lines"]:
+            line["_kind"] = "fixed"  # what the threshold billed stays billed [?]
+        for item, quantity in accrued:
+            item["_billed"] = item.get("_billed", 0) + max(quantity, Decimal(0))
+
+    def _usage(self, customer_id: str, price: Obj, span: Span) -> Decimal:
+        meter = self.store.find("billing.meter", (price.get("recurring") or {}).get("meter") or "")
+        if meter is None:
+            return Decimal(0)
+        return self.metering.aggregate(meter, customer_id, span[0], span[1])
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _active(self, subscription_id: str) -> Obj:
+        subscription = self.store.get("subscription", subscription_id)
+        if subscription.get("status") == "canceled":
+            raise invalid(
+                "A canceled subscription can only update its cancellation_details and metadata."
+            )
+        return subscription
+
+    def _now(self, subscription: Obj) -> int:
+        return self.customer_now(self.store.find("customer", subscription["customer"]))
 
     # ---- test clocks --------------------------------------------------------------------
 
@@ -684,6 +573,10 @@ class Billing:
             if clock is None:
                 return
             target = clock["_target"]
+            for subscription_id in self._clock_subscriptions[clock_id]:
+                subscription = self.store.find("subscription", subscription_id)
+                if subscription is not None:
+                    self._check_thresholds(subscription, clock["frozen_time"])
             agenda: list[tuple[int, int, str]] = []
             for invoice_id in self._clock_invoices[clock_id]:
                 self._plan_finalization(agenda, invoice_id, target)
@@ -697,7 +590,7 @@ class Billing:
                     if invoice is None or not self._finalizes_at(invoice, when):
                         continue
                     clock["frozen_time"] = when
-                    self._finalize(invoice, when)
+                    self.invoicing.finalize(invoice, when)
                 else:
                     subscription = self.store.find("subscription", object_id)
                     if subscription is None or subscription.get("status") != "active":
@@ -750,59 +643,33 @@ class Billing:
             with self.store.lock:
                 self._clock_invoices[invoice["test_clock"]].append(invoice["id"])
 
-    def _renew(self, subscription: Obj, boundary: int) -> Obj:
-        previous = self.current_period(subscription)
-        subscription["_period_index"] += 1
-        self._set_item_periods(subscription)
-        customer = self.store.get("customer", subscription["customer"])
-        return self._new_invoice(subscription, customer, "subscription_cycle", boundary, previous)
 
-    # ---- summaries ----------------------------------------------------------------------
+def _proration_behavior(params: Obj) -> str:
+    behavior = params.get("proration_behavior") or "create_prorations"
+    if behavior not in PRORATION_BEHAVIORS:
+        raise invalid(
+            f"proration_behavior must be one of {', '.join(PRORATION_BEHAVIORS)}.",
+            "proration_behavior",
+        )
+    return str(behavior)
 
-    def summaries(self, meter_id: str, params: Obj) -> Obj:
-        from .wire import as_int
 
-        meter = self.store.get("billing.meter", meter_id, "billing.meter")
-        customer = params.get("customer")
-        if not customer:
-            raise required("customer")
-        start, end = as_int(params, "start_time"), as_int(params, "end_time")
-        if start is None:
-            raise required("start_time")
-        if end is None:
-            raise required("end_time")
-        for name, value in (("start_time", start), ("end_time", end)):
-            if value % 60:
-                raise invalid(f"{name} must be aligned to a minute boundary.", param=name)
-        if end <= start:
-            raise invalid("end_time must be after start_time.", param="end_time")
-        windows = [(start, end)]
-        grouping = params.get("value_grouping_window")
-        if grouping in ("hour", "day"):
-            size = 3600 if grouping == "hour" else 86400
-            if start % size or end % size:
-                raise invalid(
-                    f"start_time and end_time must be aligned to {grouping} boundaries.",
-                    param="value_grouping_window",
-                )
-            windows = [(t, t + size) for t in range(start, end, size)]
-        data = [
-            {
-                "id": self.store.new_id("mtrusg", 20),
-                "object": "billing.meter_event_summary",
-                "aggregated_value": self.aggregate(meter, customer, s, e),
-                "end_time": e,
-                "livemode": False,
-                "meter": meter_id,
-                "start_time": s,
-            }
-            for s, e in windows
-        ]
-        if not self.store.find("customer", customer):
-            raise missing("customer", customer, param="customer")
-        return {
-            "object": "list",
-            "data": data[::-1],
-            "has_more": False,
-            "url": f"/v1/billing/meters/{meter_id}/event_summaries",
-        }
+def _thresholds(params: Obj) -> Obj | None:
+    raw = params.get("billing_thresholds")
+    if not raw:
+        return None
+    amount = as_int(as_dict(params, "billing_thresholds"), "amount_gte")
+    reset = as_bool(as_dict(params, "billing_thresholds"), "reset_billing_cycle_anchor", False)
+    if reset:
+        raise invalid(
+            "reset_billing_cycle_anchor is not emulated.",
+            "billing_thresholds[reset_billing_cycle_anchor]",
+        )
+    return {"amount_gte": amount, "reset_billing_cycle_anchor": False}
+
+
+def _duplicate_price(index: int) -> Exception:
+    return invalid(
+        "Cannot add multiple subscription items with the same price.",
+        param=f"items[{index}][price]",
+    )

@@ -1,4 +1,4 @@
-"""Fault injection: latency, random 5xx/429 answers and the meter-event rate limit."""
+"""Fault injection: latency, random 5xx/429, deterministic "fail the next N calls", rate limit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import collections
 import threading
 import time
 
-from .config import EmulatorConfig
+from .config import EmulatorConfig, FailRule
 from .errors import StripeApiError
 from .store import Store
 
@@ -22,6 +22,20 @@ def rate_limited() -> StripeApiError:
     )
 
 
+def injected(status: int) -> StripeApiError:
+    """The error a failing call answers: Stripe's 429 body, or an api_error for the rest."""
+    if status == 429:
+        return rate_limited()
+    if status >= 500:
+        return StripeApiError(
+            status,
+            "An unknown error occurred (injected by the emulator).",
+            type_="api_error",
+            should_retry=True,
+        )
+    return StripeApiError(status, "Request failed (injected by the emulator).")
+
+
 class Faults:
     """Reads the live config on every call so tests can flip faults on a running emulator."""
 
@@ -31,6 +45,18 @@ class Faults:
         self._lock = threading.Lock()
         self._meter_calls: collections.deque[float] = collections.deque()
 
+    def take(self, method: str, path: str) -> FailRule | None:
+        """Consume one call of the first matching `fail_next` rule (exhausted rules go)."""
+        with self._lock:
+            rules = self._config.fail_next
+            for rule in rules:
+                if rule.matches(method, path):
+                    rule.count -= 1
+                    if rule.count <= 0:
+                        rules.remove(rule)
+                    return FailRule(path, 1, rule.status, rule.method, rule.stage)
+        return None
+
     def before(self, method: str, path: str) -> None:
         """Sleep and maybe raise, before the request touches any state (so retries are safe)."""
         config = self._config
@@ -39,12 +65,7 @@ class Faults:
         if config.latency_seconds > 0:
             time.sleep(config.latency_seconds)
         if config.error_rate_5xx > 0 and self._store.random() < config.error_rate_5xx:
-            raise StripeApiError(
-                500,
-                "An unknown error occurred (injected by the emulator).",
-                type_="api_error",
-                should_retry=True,
-            )
+            raise injected(500)
         if config.error_rate_429 > 0 and self._store.random() < config.error_rate_429:
             raise rate_limited()
         self._limit_meter_events(method, path)

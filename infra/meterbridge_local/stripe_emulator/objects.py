@@ -124,6 +124,11 @@ def meter(object_id: str, created: int, params: Obj) -> Obj:
     }
 
 
+def billing_mode(mode: str, created: int) -> Obj:
+    flexible = {"proration_discounts": "included"} if mode == "flexible" else None
+    return {"type": mode, "flexible": flexible, "updated_at": created}
+
+
 def test_clock(object_id: str, created: int, frozen_time: int, name: str | None) -> Obj:
     return {
         "id": object_id,
@@ -195,6 +200,8 @@ def subscription(object_id: str, created: int, customer_obj: Obj, params: Obj) -
 
 
 def subscription_item(object_id: str, created: int, subscription_id: str, price_obj: Obj) -> Obj:
+    """Without `quantity`: a metered item has none (the spec does not allow null); licensed
+    items get theirs from the caller."""
     return {
         "id": object_id,
         "object": "subscription_item",
@@ -206,7 +213,6 @@ def subscription_item(object_id: str, created: int, subscription_id: str, price_
         "metadata": {},
         "plan": plan_of(price_obj),
         "price": price_obj,
-        "quantity": None,
         "subscription": subscription_id,
         "tax_rates": [],
     }
@@ -258,6 +264,7 @@ def invoice(object_id: str, created: int, customer_obj: Obj, subscription_obj: O
         "amount_due": 0,
         "amount_overpaid": 0,
         "amount_paid": 0,
+        "amount_paid_off_stripe": 0,
         "amount_remaining": 0,
         "amount_shipping": 0,
         "application": None,
@@ -389,6 +396,107 @@ def invoice_line(
     }
 
 
+def invoice_item(  # noqa: PLR0917
+    object_id: str,
+    created: int,
+    customer_obj: Obj,
+    subscription_id: str | None,
+    item_id: str | None,
+    price_obj: Obj,
+    period: tuple[int, int],
+    amount: int,
+) -> Obj:
+    """A pending invoice item; `quantity`/`quantity_decimal` are set by the caller."""
+    parent = None
+    if subscription_id is not None:
+        details: Obj = {"subscription": subscription_id}
+        if item_id is not None:
+            details["subscription_item"] = item_id
+        parent = {"type": "subscription_details", "subscription_details": details}
+    return {
+        "id": object_id,
+        "object": "invoiceitem",
+        "amount": amount,
+        "currency": price_obj["currency"],
+        "customer": customer_obj["id"],
+        "customer_account": None,
+        "date": created,
+        "description": None,
+        "discountable": True,
+        "discounts": [],
+        "invoice": None,
+        "livemode": False,
+        "metadata": {},
+        "net_amount": amount,
+        "parent": parent,
+        "period": {"start": period[0], "end": period[1]},
+        "pricing": {
+            "type": "price_details",
+            "price_details": {"price": price_obj["id"], "product": price_obj["product"]},
+            "unit_amount_decimal": price_obj["unit_amount_decimal"],
+        },
+        "proration": False,
+        "proration_details": {"credited_items": None, "discount_amounts": []},
+        "quantity": 0,
+        "quantity_decimal": "0",
+        "tax_rates": [],
+        "test_clock": customer_obj.get("test_clock"),
+    }
+
+
+def invoice_item_line(
+    object_id: str,
+    invoice_id: str,
+    invoice_item_obj: Obj,
+    subscription_id: str | None,
+    item_id: str | None,
+    *,
+    as_subscription_item: bool,
+) -> Obj:
+    """The line of an invoice item: `parent.invoice_item_details`, or, like a proration line,
+    `parent.subscription_item_details` naming the (removed) item and the invoice item."""
+    common = {
+        "invoice_item": invoice_item_obj["id"],
+        "proration": invoice_item_obj["proration"],
+        "proration_details": {"credited_items": None},
+        "subscription": subscription_id,
+    }
+    if as_subscription_item and item_id is not None:
+        parent: Obj = {
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {**common, "subscription_item": item_id},
+        }
+    else:
+        parent = {
+            "type": "invoice_item_details",
+            "invoice_item_details": common,
+            "subscription_item_details": None,
+        }
+    return {
+        "id": object_id,
+        "object": "line_item",
+        "amount": invoice_item_obj["amount"],
+        "currency": invoice_item_obj["currency"],
+        "description": invoice_item_obj["description"],
+        "discount_amounts": [],
+        "discountable": invoice_item_obj["discountable"],
+        "discounts": [],
+        "invoice": invoice_id,
+        "livemode": False,
+        "metadata": {},
+        "parent": parent,
+        "period": dict(invoice_item_obj["period"]),
+        "pretax_credit_amounts": [],
+        "pricing": dict(invoice_item_obj["pricing"]),
+        "quantity": invoice_item_obj["quantity"],
+        "quantity_decimal": invoice_item_obj["quantity_decimal"],
+        "subscription": subscription_id,
+        "subtotal": invoice_item_obj["amount"],
+        "taxes": [],
+    }
+
+
 def webhook_endpoint(
     object_id: str, created: int, params: Obj, secret: str, api_version: str
 ) -> Obj:
@@ -411,12 +519,11 @@ def webhook_endpoint(
 def event(  # noqa: PLR0917
     object_id: str, created: int, type_: str, data: Obj, api_version: str, request: Obj
 ) -> Obj:
+    # No `account` or `context`: Stripe omits them outside Connect (the spec does not allow null).
     return {
         "id": object_id,
         "object": "event",
-        "account": None,
         "api_version": api_version,
-        "context": None,
         "created": created,
         "data": data,
         "livemode": False,

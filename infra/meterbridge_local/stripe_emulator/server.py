@@ -8,36 +8,51 @@ import socket
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import stripe
 
-from . import api
+from . import api, versions
 from .api import Api, Call
 from .billing import Billing
-from .config import EmulatorConfig
+from .config import EmulatorConfig, FailRule, Stage
+from .contract import Contract, ContractRecorder
 from .errors import StripeApiError
-from .faults import Faults
+from .faults import Faults, injected
 from .store import Obj, Store, public
 from .webhooks import THIN_EVENT, Deliveries, Events
-from .wire import decode_form, to_json
+from .wire import as_list, decode_form, to_json
+
+CONTROL_PREFIX = "/_emulator/"
 
 
 class _Idempotency:
-    """Stripe's idempotency: same key + same request replays; a different request is an error."""
+    """Stripe's v1 idempotency (docs/stripe.md#S-IDEM-1): once an endpoint began executing, its
+    answer — a 500 included — is saved under the key and replayed to every retry with that key;
+    the same key with other parameters is an `idempotency_error`. Requests that failed before
+    execution (validation, injected `before_execution` faults, a concurrent twin) save nothing.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self._config = config
         self._lock = threading.Lock()
-        self._done: dict[tuple[str, str], tuple[str, int, bytes]] = {}
+        self._done: dict[tuple[str, str], _Saved] = {}
         self._running: set[tuple[str, str]] = set()
 
-    def begin(self, scope: tuple[str, str], fingerprint: str) -> tuple[int, bytes] | None:
+    def begin(self, scope: tuple[str, str], fingerprint: str) -> _Saved | None:
         with self._lock:
             stored = self._done.get(scope)
+            if stored is not None and (
+                time.time() - stored.at > self._config.idempotency_memory_seconds
+            ):
+                del self._done[scope]  # pruned: the key may now run a new request
+                stored = None
             if stored is not None:
-                if stored[0] != fingerprint:
+                if stored.fingerprint != fingerprint:
                     raise StripeApiError(
                         400,
                         "Keys for idempotent requests can only be used with the same parameters "
@@ -45,7 +60,7 @@ class _Idempotency:
                         f"'{scope[1]}' if you meant to execute a different request.",
                         type_="idempotency_error",
                     )
-                return stored[1], stored[2]
+                return stored
             if scope in self._running:
                 raise StripeApiError(
                     409,
@@ -57,11 +72,27 @@ class _Idempotency:
             self._running.add(scope)
             return None
 
-    def finish(self, scope: tuple[str, str], fingerprint: str, status: int, body: bytes) -> None:
+    def finish(self, scope: tuple[str, str], saved: _Saved | None) -> None:
         with self._lock:
             self._running.discard(scope)
-            if status < 500:  # Stripe does not store results of requests that failed server-side
-                self._done[scope] = (fingerprint, status, body)
+            if saved is not None:
+                self._done[scope] = saved
+
+
+@dataclass(frozen=True)
+class _Saved:
+    fingerprint: str
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    at: float
+
+
+def _error_answer(exc: StripeApiError, *, v2: bool) -> tuple[int, bytes, dict[str, str]]:
+    extra: dict[str, str] = {}
+    if exc.should_retry is not None:
+        extra["Stripe-Should-Retry"] = "true" if exc.should_retry else "false"
+    return exc.status, to_json(exc.body(v2=v2)), extra
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,19 +129,20 @@ class _Handler(BaseHTTPRequestHandler):
                 method, path, parts.query, raw_body, dict(self.headers.items()), request_id
             )
         except StripeApiError as exc:
-            status, body = exc.status, to_json(exc.body())
-            if exc.should_retry is not None:
-                extra["Stripe-Should-Retry"] = "true" if exc.should_retry else "false"
+            status, body, extra = _error_answer(exc, v2=path.startswith("/v2/"))
         except Exception:  # an emulator bug must look like a Stripe 500, not a dropped socket
             traceback.print_exc()
             status = 500
             body = to_json({"error": {"type": "api_error", "message": "Emulator internal error."}})
             extra["Stripe-Should-Retry"] = "false"
+        contract = emulator.contract
+        if contract is not None and not path.startswith(CONTROL_PREFIX):
+            contract.check(method, path, parts.query, raw_body, status, body)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Request-Id", request_id)
-        self.send_header("Stripe-Version", stripe.api_version)
+        extra.setdefault("Stripe-Version", emulator.account_api_version)
         for key, value in extra.items():
             self.send_header(key, value)
         # Headers and body in one write: two small writes meet delayed ACKs (~40 ms a request).
@@ -125,11 +157,15 @@ class StripeEmulator:
         self.config = config or EmulatorConfig()
         self.store = Store(self.config.seed)
         self._deliveries = Deliveries(self.config)
-        self._events = Events(self.store, self.config, self._deliveries, stripe.api_version)
+        self.account_api_version = self.config.api_version or stripe.api_version
+        self._events = Events(self.store, self.config, self._deliveries, self.account_api_version)
         self.billing = Billing(self.store, self.config, self._events)
         self.api = Api(self.store, self.billing)
         self._faults = Faults(self.config, self.store)
-        self._idempotency = _Idempotency()
+        self._idempotency = _Idempotency(self.config)
+        self.contract: ContractRecorder | None = None
+        if self.config.contract_spec:
+            self.enable_contract(self.config.contract_spec)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -174,6 +210,33 @@ class StripeEmulator:
 
     # ---- test helpers -------------------------------------------------------------------
 
+    def fail_next(
+        self,
+        path: str,
+        count: int = 1,
+        status: int = 500,
+        method: str | None = None,
+        stage: Stage = "before_execution",
+    ) -> FailRule:
+        """Fail the next `count` calls on a path prefix, e.g. the worker's meter events:
+        `emu.fail_next("/v1/billing/meter_events", 1, stage="after_execution")`."""
+        rule = FailRule(path, count, status, method, stage)
+        self.config.fail_next.append(rule)
+        return rule
+
+    def enable_contract(self, spec: str | Path | dict[str, Any] | Contract) -> ContractRecorder:
+        """Check every later request and answer against `spec` (contract.py); returns the
+        recorder whose `violations()` a test asserts empty."""
+        if isinstance(spec, Contract):
+            contract = spec
+        elif isinstance(spec, dict):
+            contract = Contract(spec)
+        else:
+            contract = Contract.load(spec)
+        self.contract = ContractRecorder(contract)
+        self._events.on_webhook = self.contract.check_webhook
+        return self.contract
+
     def set_faults(self, **changes: Any) -> None:
         """e.g. `set_faults(error_rate_5xx=1.0)`; any EmulatorConfig field."""
         for name, value in changes.items():
@@ -200,12 +263,12 @@ class StripeEmulator:
             self.store.put(THIN_EVENT if resource == "v2.core.event" else resource, stored)
             if resource == "invoice":
                 self.billing.track_invoice(stored)
-                return self.billing.render_invoice(stored)
+                return self.billing.invoicing.render_invoice(stored)
             return public(stored)
 
     def meter_events(self) -> list[dict[str, Any]]:
         with self.store.lock:
-            return [record.as_dict() for record in self.billing.meter_events]
+            return [record.as_dict() for record in self.billing.metering.meter_events]
 
     def webhook_deliveries(self) -> list[dict[str, Any]]:
         with self.store.lock:
@@ -217,7 +280,7 @@ class StripeEmulator:
         while True:
             if (
                 self.billing.clocks_settled()
-                and self.billing.aggregation_settled()
+                and self.billing.metering.aggregation_settled()
                 and self._deliveries.idle()
             ):
                 return
@@ -237,8 +300,13 @@ class StripeEmulator:
         request_id: str,
     ) -> tuple[int, bytes, dict[str, str]]:
         headers = {k.lower(): v for k, v in headers.items()}
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(method, path, raw_body)
         api_key = self._authenticate(path, headers.get("authorization", ""))
         self._faults.before(method, path)
+        fault = self._faults.take(method, path)
+        if fault is not None and fault.stage == "before_execution":
+            raise injected(fault.status)
         found = api.match(method, path)
         if found is None:
             if api.path_exists(path):
@@ -257,29 +325,86 @@ class StripeEmulator:
                 params.update(body)
             else:
                 params.update(decode_form(raw_body))
+        expand = [str(e) for e in as_list(params, "expand")]
         params.pop("expand", None)
+        version = (
+            self.config.render_api_version
+            or headers.get("stripe-version")
+            or (self.account_api_version)
+        )
         key = headers.get("idempotency-key")
-        call = Call(method, path, params, path_args, key, request_id, api_key, headers)
+        call = Call(method, path, params, path_args, key, request_id, api_key, headers, version)
+        v2 = path.startswith("/v2/")
+
+        def execute() -> tuple[int, bytes, dict[str, str]]:
+            if fault is not None and fault.stage == "during_execution":
+                raise injected(fault.status)
+            result = handler(self.api, call)
+            if expand:
+                result = self.api.expand(result, expand)
+            if fault is not None and fault.stage == "after_execution":
+                raise injected(fault.status)
+            return 200, to_json(versions.render(result, version)), {"Stripe-Version": version}
+
         if method == "GET" or not key:
-            return 200, to_json(handler(self.api, call)), {}
+            return execute()
         scope = (api_key, key)
         fingerprint = hashlib.sha256(
-            json.dumps([method, path, params], sort_keys=True).encode()
+            json.dumps([method, path, params, expand], sort_keys=True).encode()
         ).hexdigest()
         replay = self._idempotency.begin(scope, fingerprint)
         if replay is not None:
-            return replay[0], replay[1], {"Idempotent-Replayed": "true", "Idempotency-Key": key}
-        status, body, extra = 500, b"", {}
+            headers_out = {**replay.headers, "Idempotent-Replayed": "true", "Idempotency-Key": key}
+            return replay.status, replay.body, headers_out
+        saved: _Saved | None = None
         try:
-            status, body = 200, to_json(handler(self.api, call))
-        except StripeApiError as exc:
-            status, body = exc.status, to_json(exc.body())
-            if exc.should_retry is not None:
-                extra["Stripe-Should-Retry"] = "true" if exc.should_retry else "false"
+            try:
+                status, body, extra = execute()
+            except StripeApiError as exc:
+                if exc.before_execution:
+                    raise
+                status, body, extra = _error_answer(exc, v2=v2)
+            # v2 keeps no failed answer: a retry finishes the work (docs/stripe.md#S-IDEM-2).
+            if not (v2 and status >= 400):
+                saved = _Saved(fingerprint, status, body, dict(extra), time.time())
         finally:
-            self._idempotency.finish(scope, fingerprint, status, body)
-        extra["Idempotency-Key"] = key
-        return status, body, extra
+            self._idempotency.finish(scope, saved)
+        return status, body, {**extra, "Idempotency-Key": key}
+
+    # ---- control surface (not Stripe's): faults and contract findings over HTTP -------------
+
+    def _control(self, method: str, path: str, raw_body: str) -> tuple[int, bytes, dict[str, str]]:
+        """`/_emulator/...`: drive a running emulator from another process (no API key)."""
+        route = (method, path.removeprefix(CONTROL_PREFIX))
+        if route == ("GET", "faults"):
+            return 200, to_json(self._faults_state()), {}
+        if route == ("POST", "faults/fail_next"):
+            try:
+                rule = FailRule(**json.loads(raw_body or "{}"))
+            except (TypeError, ValueError) as exc:
+                raise StripeApiError(400, f"Invalid fail_next rule: {exc}") from None
+            self.config.fail_next.append(rule)
+            return 200, to_json(self._faults_state()), {}
+        if route == ("DELETE", "faults"):
+            self.config.fail_next.clear()
+            return 200, to_json(self._faults_state()), {}
+        if route == ("GET", "contract"):
+            contract = self.contract
+            return (
+                200,
+                to_json(
+                    {
+                        "enabled": contract is not None,
+                        "operations": sorted(contract.operations()) if contract else [],
+                        "violations": [str(v) for v in contract.violations()] if contract else [],
+                    }
+                ),
+                {},
+            )
+        raise api.not_found(path)
+
+    def _faults_state(self) -> Obj:
+        return {"fail_next": [rule.as_dict() for rule in list(self.config.fail_next)]}
 
     def _authenticate(self, path: str, authorization: str) -> str:
         scheme, _, token = authorization.partition(" ")

@@ -6,6 +6,7 @@ import copy
 import random
 import string
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,6 +16,20 @@ from .wire import as_int
 _ALPHABET = string.ascii_letters + string.digits
 
 Obj = dict[str, Any]
+
+
+def wall_now() -> int:
+    return int(time.time())
+
+
+def customer_now(store: Store, customer: Obj | None) -> int:
+    """The customer's 'now': its test clock's frozen time, else real time."""
+    clock_id = customer.get("test_clock") if customer else None
+    if clock_id:
+        clock = store.find("test_helpers.test_clock", clock_id)
+        if clock is not None:
+            return int(clock["frozen_time"])
+    return wall_now()
 
 
 def public(obj: Obj) -> Obj:

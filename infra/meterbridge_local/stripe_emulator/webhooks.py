@@ -11,12 +11,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import objects
+from . import objects, versions
 from .config import EmulatorConfig
 from .store import Obj, Store, public
 
@@ -24,7 +25,8 @@ THIN_EVENT = "v2.core.event"
 
 
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
-    """Stripe-Signature header: hex HMAC-SHA256 of "{t}.{body}" keyed by the endpoint secret."""
+    """Stripe-Signature header: hex HMAC-SHA256 of "{t}.{body}" keyed by the endpoint secret
+    (docs/stripe.md#S-WH-1)."""
     signed = f"{timestamp}.".encode() + payload
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
@@ -169,6 +171,8 @@ class Events:
         self._config = config
         self._deliveries = deliveries
         self.api_version = api_version
+        # Contract mode's check of each delivered snapshot event (server.enable_contract).
+        self.on_webhook: Callable[[Obj], None] | None = None
 
     def snapshot(
         self,
@@ -194,13 +198,23 @@ class Events:
             endpoints = self._endpoints_for(type_, thin=False)
             event["pending_webhooks"] = len(endpoints)
             self._store.put("event", event)
-        payload = json.dumps(public(event), indent=2).encode()
+        stored = public(event)
         for endpoint in endpoints:
+            # Each endpoint gets the event in its own API version (docs/stripe.md#S-VER-1).
+            version = (
+                self._config.render_api_version or endpoint.get("api_version") or self.api_version
+            )
+            body = versions.render({**stored, "api_version": version}, version)
+            if self.on_webhook is not None:
+                self.on_webhook(body)
+            payload = json.dumps(body, indent=2).encode()
             self._deliveries.enqueue(endpoint, event["id"], type_, payload)
         return event
 
     def thin(self, type_: str, related_object: Obj | None, data: Obj) -> Obj:
         """A v2 event: the webhook carries only a pointer; `data` is served by /v2/core/events."""
+        # No `context`, `reason` or `changes`: absent outside Connect, API-request causes and
+        # update events (the spec allows no null for them).
         with self._store.lock:
             event: Obj = {
                 "id": self._store.new_id("evt_test", 32),
@@ -208,20 +222,13 @@ class Events:
                 "type": type_,
                 "created": rfc3339(time.time()),
                 "livemode": False,
-                "context": None,
-                "reason": None,
-                "related_object": related_object,
                 "data": data,
-                "changes": None,
             }
+            if related_object is not None:
+                event["related_object"] = related_object
             self._store.put(THIN_EVENT, event)
             endpoints = self._endpoints_for(type_, thin=True)
-        notification = {
-            key: event[key]
-            for key in ("id", "object", "type", "created", "livemode", "context", "reason")
-        }
-        if related_object is not None:
-            notification["related_object"] = related_object
+        notification = {key: value for key, value in event.items() if key != "data"}
         payload = json.dumps(notification, indent=2).encode()
         for endpoint in endpoints:
             self._deliveries.enqueue(endpoint, event["id"], type_, payload)

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import invalid, required
+from .errors import invalid_param, required
 
 _KEY_PART = re.compile(r"\[([^\]]*)\]")
 
@@ -56,7 +56,7 @@ def as_int(params: dict[str, Any], name: str, default: int | None = None) -> int
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise invalid(f"Invalid integer: {value}", param=name) from None
+        raise invalid_param(f"Invalid integer: {value}", param=name) from None
 
 
 def need_int(params: dict[str, Any], name: str) -> int:
@@ -81,7 +81,7 @@ def as_bool(params: dict[str, Any], name: str, default: bool | None = None) -> b
         return value
     if value in ("true", "false"):
         return value == "true"
-    raise invalid(f"Invalid boolean: {value}", param=name)
+    raise invalid_param(f"Invalid boolean: {value}", param=name)
 
 
 def as_dict(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def as_dict(params: dict[str, Any], name: str) -> dict[str, Any]:
     if value is None or value == "":
         return {}
     if not isinstance(value, dict):
-        raise invalid(f"Invalid object: {name}", param=name)
+        raise invalid_param(f"Invalid object: {name}", param=name)
     return value
 
 
