@@ -45,6 +45,7 @@ class FakeLedger:
         self.reports: dict[str, ReportRecord] = {}
         self.invoices: dict[str, InvoiceRecord] = {}
         self.events: dict[str, int] = {}  # event id → expires at
+        self.streams: dict[str, list[str]] = {}  # v2 stream request key → identifiers
         self._lock = threading.RLock()
 
     # reports
@@ -224,6 +225,29 @@ class FakeLedger:
             )
             return True
 
+    def mark_suspect(
+        self, identifier: str, *, code: str, message: str, event_id: str, now: int
+    ) -> bool:
+        with self._lock:
+            current = self.reports.get(identifier)
+            if current is None or current.confirmed:
+                return False
+            self.reports[identifier] = dataclasses.replace(
+                current,
+                confirmation=Confirmation(status=ConfirmationStatus.SUSPECT),
+                stripe_error_code=code,
+                stripe_error_event_id=event_id,
+                last_error=message[:1000],
+                updated_at=iso(now),
+            )
+            return True
+
+    def record_stream_request(self, key: str, identifiers: list[str], now: int) -> None:
+        self.streams[key] = list(identifiers)
+
+    def stream_request(self, key: str) -> list[str]:
+        return list(self.streams.get(key, []))
+
     # invoices
     def invoice(self, invoice_id: str) -> InvoiceRecord | None:
         return self.invoices.get(invoice_id)
@@ -355,6 +379,7 @@ class FakeStripe:
         self.sent: list[SentEvent] = []
         self.counting = True
         self.calls: list[str] = []
+        self.attempts: list[int] = []  # create_meter_event's `attempt`, call by call
         self._failures: dict[str, list[Exception]] = {}
         self._ids = itertools.count(1)
 
@@ -454,6 +479,7 @@ class FakeStripe:
         timestamp: int,
         attempt: int = 1,
     ) -> MeterEventReceipt:
+        self.attempts.append(attempt)
         self._call("create_meter_event")
         if any(e.identifier == identifier for e in self.sent):
             return MeterEventReceipt(request_id=f"req_{next(self._ids)}", duplicate=True)

@@ -7,7 +7,8 @@ import pytest
 
 from meterbridge.domain.records import ReconciliationStatus
 from meterbridge.errors import TransientError
-from tests.support.unit_world import NOW, PERIOD, UnitWorld
+from meterbridge.worker.invoices import parse_invoice
+from tests.support.unit_world import NOW, UnitWorld
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_a_correction_with_force_reconciles_clean(world: UnitWorld) -> None:
     world.created(invoice)
     world.set_usage("800")
     pipeline = world.pipeline
-    plan = pipeline.planner.plan(pipeline.reporting_policy and _parsed(invoice)).reports[0]
+    [plan] = pipeline.planner.plan(parse_invoice(invoice)).reports
     pipeline.sender.send(plan.revised(1), None, int(world.clock()), value=Decimal(100))
     world.bill(invoice, 800)
     assert world.finalized(invoice).result == "reconciled"
@@ -153,12 +154,3 @@ def test_a_source_outage_at_reconciliation_retries_the_event(world: UnitWorld) -
     with pytest.raises(TransientError):
         world.finalized(invoice)
     assert world.finalized(invoice, "evt_again").result == "reconciled"
-
-
-def _parsed(invoice: dict[str, object]) -> object:
-    from meterbridge.worker.invoices import parse_invoice
-
-    return parse_invoice(invoice)  # type: ignore[arg-type]
-
-
-assert PERIOD.end < NOW
