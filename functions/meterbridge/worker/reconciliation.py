@@ -77,7 +77,13 @@ class InvoiceReconciliation:
             raise
         if record is not None and record.held:
             self._hold.mark_released(invoice, HoldStatus.RELEASED, ReleaseAction.NONE, now)
-        groups = self._groups(self._planner.metered_lines(invoice))
+        # A line whose period had not ended when the invoice was made (a subscription's first
+        # invoice shows the running period at 0) bills usage on a later invoice, not this one.
+        groups = self._groups(
+            (line, meter)
+            for line, meter in self._planner.metered_lines(invoice)
+            if line.period.end <= invoice.created
+        )
         if not groups:
             if record is None:
                 return "ignored"  # bills no meter meterbridge reports
