@@ -181,18 +181,13 @@ class Scenario:
 
     # Stripe objects
     def metered_price(self, amount: str = "0.5") -> Any:
-        return self.client.v1.prices.create(
-            {
-                "currency": "usd",
-                "unit_amount_decimal": amount,
-                "product_data": {"name": "API calls"},
-                "recurring": {
-                    "interval": "month",
-                    "usage_type": "metered",
-                    "meter": self.meter.id,
-                },
-            }
-        )
+        params: Any = {
+            "currency": "usd",
+            "unit_amount_decimal": amount,
+            "product_data": {"name": "API calls"},
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": self.meter.id},
+        }
+        return self.client.v1.prices.create(params)
 
     def seat_price(self) -> Any:
         return self.client.v1.prices.create(
