@@ -23,7 +23,9 @@ $(STAMP): uv.lock pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@case "$$($(UV) --version 2>/dev/null)" in "uv $(UV_VERSION)"*) ;; \
 		*) $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)";; esac
-	$(UV) sync --locked --extra dev --quiet
+	# --compile-bytecode: pip writes .pyc files at install, uv only when asked; without them a
+	# shell with PYTHONDONTWRITEBYTECODE=1 compiles moto, cfn-lint and sympy on every start.
+	$(UV) sync --locked --extra dev --compile-bytecode --quiet
 	@touch $@
 
 install: $(STAMP)
@@ -64,7 +66,7 @@ SAM := $(SAM_VENV)/bin/sam
 $(SAM): .ci/sam-requirements.txt | $(STAMP)
 	@test -n "$(PYTHON)"
 	@[ -x $(SAM_VENV)/bin/python ] || $(PYTHON) -m venv $(SAM_VENV)
-	$(UV) pip install --quiet --require-hashes --python $(SAM_VENV)/bin/python -r .ci/sam-requirements.txt
+	$(UV) pip install --quiet --require-hashes --compile-bytecode --python $(SAM_VENV)/bin/python -r .ci/sam-requirements.txt
 	@touch $@
 
 build: $(SAM)
