@@ -50,6 +50,7 @@ class BuiltFunction:
 
 def built_functions(build_dir: Path) -> list[BuiltFunction]:
     """Each AWS::Serverless::Function of the built template with its package directory."""
+
     # CloudFormation's short tags (!Ref, !GetAtt …) only need to load, not to resolve.
     class Loader(yaml.SafeLoader):
         pass

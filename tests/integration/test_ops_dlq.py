@@ -11,7 +11,8 @@ import pytest
 
 from meterbridge.adapters.ledger import Ledger, create_ledger_table
 from meterbridge_local.aws import MotoServer
-from meterbridge_local.cli import StripeTarget, _print_summary, main
+from meterbridge_local.cli import main
+from meterbridge_local.local_command import StripeTarget, print_summary
 from meterbridge_local.stack import LocalStack
 from tests.support.ops import cli, queue_with_dead_letters
 from tests.support.stripe_events import snapshot_event
@@ -209,7 +210,7 @@ def test_the_export_line_of_meterbridge_local_is_all_the_commands_need(
     ) as stack:
         printed = io.StringIO()
         target = StripeTarget("http://127.0.0.1:9", "sk_test_x", "whsec_x", "test")
-        _print_summary(printed, stack, target, None)
+        print_summary(printed, stack, target, None)
         [line] = [x for x in printed.getvalue().splitlines() if x.startswith("  export ")]
         exported = dict(pair.split("=", 1) for pair in line.split()[1:])
         assert exported["QUEUE_URL"] == stack.event_queue_url
