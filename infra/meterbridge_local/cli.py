@@ -2,7 +2,7 @@
 
 Start-up stays light: this module imports the standard library only, and each subcommand
 imports its own machinery when it runs. `meterbridge --help`, `status`, `dlq` and
-`report` never load moto, cfn-lint or the Stripe emulator (tests/unit/test_cli_imports.py
+`report` never load moto, cfn-lint or the Stripe emulator (tests/integration/test_cli_imports.py
 checks it). Each subcommand is one `register_*` function that adds its parser and sets
 `run`; adding one means writing that function and listing it in SUBCOMMANDS.
 """

@@ -411,9 +411,11 @@ class _Column:
 _COLUMNS = {
     "customer": _Column("customer", lambda c: c.subscriber.name),
     "period": _Column("service period", lambda c: _period(c.period), no_wrap=True),
+    "short period": _Column("period", lambda c: _period(c.period)[:-5], no_wrap=True),
     "usage": _Column(
         "usage (source)", lambda c: format(c.expected.normalize(), "f"), justify="right"
     ),
+    "short usage": _Column("usage", lambda c: format(c.expected.normalize(), "f"), justify="right"),
     "identifier": _Column(
         "identifier reported", lambda c: "\n".join(c.identifiers) or "—", no_wrap=True
     ),
@@ -438,12 +440,14 @@ _COLUMNS = {
 # Widest first; each narrower layout drops the column least needed to judge an invoice.
 # The verdict ("check") and what it compares (usage vs line quantity) are always there.
 _LAYOUTS = (
-    tuple(_COLUMNS),
+    ("customer", "period", "usage", "identifier", "ledger", "invoice", "quantity", "amount",
+     "check"),
     ("customer", "period", "usage", "ledger", "invoice", "quantity", "amount", "check"),
     ("customer", "period", "usage", "invoice", "quantity", "amount", "check"),
     ("customer", "period", "usage", "quantity", "amount", "check"),
-    ("customer", "period", "usage", "quantity", "check"),
-)
+    ("customer", "short period", "short usage", "quantity", "amount", "check"),
+    ("customer", "short period", "short usage", "quantity", "check"),
+)  # fmt: skip
 
 
 def _table(checks: Sequence[InvoiceCheck], title: str, names: Sequence[str]) -> Table:
@@ -458,16 +462,19 @@ def _table(checks: Sequence[InvoiceCheck], title: str, names: Sequence[str]) -> 
 
 def render(console: Console, checks: Sequence[InvoiceCheck], title: str) -> None:
     """The result table in the widest layout that fits the console without wrapping."""
+    unbounded = console.options.update_width(10_000)  # a table's natural width
     for names in _LAYOUTS:
         table = _table(checks, title, names)
-        if console.measure(table).maximum <= console.width:
+        if console.measure(table, options=unbounded).maximum <= console.width:
             break
     console.print(table)
-    if "identifier" not in names:
-        console.print(
-            f"[dim]({len(_COLUMNS) - len(names)} columns left out to fit {console.width}"
-            " columns; a wider terminal shows the identifiers and the ledger's statuses)[/]"
-        )
+    if names != _LAYOUTS[0]:
+        left_out = [
+            _COLUMNS[name].header
+            for name in _LAYOUTS[0]
+            if name not in names and f"short {name}" not in names
+        ]
+        console.print(f"[dim]({', '.join(left_out)}: left out to fit {console.width} columns)[/]")
 
 
 def run_demo(
