@@ -11,11 +11,13 @@ BENCHMARKS = {
     "worker": "bench.worker_throughput",
     "guard": "bench.guard_correctness",
     "storm": "bench.month_start_storm",
+    "cli": "bench.cli_startup",
 }
 ALIASES = {
     "worker_throughput": "worker",
     "guard_correctness": "guard",
     "month_start_storm": "storm",
+    "cli_startup": "cli",
 }
 
 
