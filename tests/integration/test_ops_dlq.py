@@ -297,7 +297,7 @@ def _with_event_source_mapping(queue_url: str) -> str:
                     }
                 ],
             }
-        ),  # fmt: skip
+        ),
     )["Role"]["Arn"]
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as package:
@@ -325,7 +325,9 @@ def test_replay_refuses_another_stacks_dead_letter_queue_unless_forced_by_name(
     dead_letter({"dlq": other_dlq}, invoice_event("in_elsewhere"))
     other = _queue_name(other_dlq)
 
-    code, output = cli(capsys, "dlq", "replay", "--dlq-url", other_dlq, "--queue-url", queues["queue"])  # fmt: skip
+    code, output = cli(
+        capsys, "dlq", "replay", "--dlq-url", other_dlq, "--queue-url", queues["queue"]
+    )
 
     assert code == 2
     assert len(output.strip().splitlines()) == 1, output  # one line, no traceback
