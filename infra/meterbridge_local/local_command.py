@@ -105,14 +105,15 @@ def run_local(
                 " --port N (0 picks a free one)"
             ) from exc
         try:
-            if target.webhook_secret is None:
-                stack.register_webhook_endpoint()
-            records_url = usage_server.records_url if usage_server else None
-            print_summary(out, stack, target, emulator_url, records_url)
-            if getattr(args, "seed", False):
-                seeded = seed(target, usage_server)
-                print_seed(out, seeded, target)
             with _stop_on_signals(stop):
+                if target.webhook_secret is None:
+                    stack.register_webhook_endpoint()
+                records_url = usage_server.records_url if usage_server else None
+                # Handlers are in place before anything is printed: a script that reads the
+                # summary may interrupt at once, and still gets a clean stop.
+                print_summary(out, stack, target, emulator_url, records_url)
+                if getattr(args, "seed", False):
+                    print_seed(out, seed(target, usage_server), target)
                 stop.wait()
         finally:
             print("stopping…", file=out, flush=True)
