@@ -33,7 +33,7 @@ def _local(*args: str, environment: dict[str, str] | None = None) -> subprocess.
     return subprocess.Popen(
         [sys.executable, "-m", "meterbridge_local.cli", "local", "--port", "0", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # a pipe nobody reads would fill up and block it
         env=environment or _environment(),
         text=True,
     )
@@ -47,7 +47,7 @@ def _read_until(process: subprocess.Popen[str], last: str) -> list[str]:
         lines.append(line.rstrip("\n"))
         if last in line:
             return lines
-    raise AssertionError(f"exited before printing {last!r}: {lines}, {process.stderr}")
+    raise AssertionError(f"exited before printing {last!r}: {lines}")
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
