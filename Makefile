@@ -74,7 +74,7 @@ build: $(SAM)
 
 # The built packages hold the functions' code and the locked runtime dependencies, nothing else.
 check-build: build $(STAMP)
-	$(BIN)/python scripts/check_lambda_package.py .aws-sam/build
+	$(BIN)/python -m meterbridge_local.lambda_package .aws-sam/build
 
 # The worker benchmark also measures its ledger on dynalite (DynamoDB API on Node.js),
 # installed with npm into .bench/node; without npm it measures on moto only.
