@@ -12,12 +12,14 @@ BENCHMARKS = {
     "guard": "bench.guard_correctness",
     "storm": "bench.month_start_storm",
     "scenarios": "bench.scenario_table",
+    "cli": "bench.cli_startup",
 }
 ALIASES = {
     "worker_throughput": "worker",
     "guard_correctness": "guard",
     "month_start_storm": "storm",
     "scenario_table": "scenarios",
+    "cli_startup": "cli",
 }
 
 

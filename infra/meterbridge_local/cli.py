@@ -1,46 +1,65 @@
 """The `meterbridge` command.
 
-Each subcommand is one `register_*` function that adds its parser and sets `run`; adding
-a subcommand means writing that function and listing it in SUBCOMMANDS.
+Start-up stays light: this module imports the standard library only, and each subcommand
+imports its own machinery when it runs. `meterbridge --help`, `status`, `dlq` and
+`report` never load moto, cfn-lint or the Stripe emulator (tests/integration/test_cli_imports.py
+checks it). Each subcommand is one `register_*` function that adds its parser and sets
+`run`; adding one means writing that function and listing it in SUBCOMMANDS.
 """
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
-from types import FrameType
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
-from meterbridge_local.aws import LOCAL_AWS_ENVIRONMENT
-from meterbridge_local.demo import register_demo
-from meterbridge_local.stack import LocalStack
+from meterbridge_local.errors import CliError
 
-EMULATOR_API_KEY = "sk_test_meterbridge_local"  # the emulator accepts any sk_test_ key
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-class CliError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line: what was wrong, and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------------- local
 
 
-@dataclass
-class StripeTarget:
-    """Which Stripe the stack talks to, and how webhooks are signed."""
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number: use 1-65535, or 0 for any free port"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{port} is not a port number: use 1-65535, or 0 for any free port"
+        )
+    return port
 
-    api_base: str | None  # None = real Stripe
-    api_key: str
-    webhook_secret: str | None  # None = register the endpoint to get one
-    description: str
+
+def usage_source_reference(text: str) -> str:
+    """What the worker's USAGE_SOURCE accepts, checked before anything starts."""
+    scheme, _, rest = text.partition("://")
+    if scheme in {"http", "https"} and urlsplit(text).hostname:
+        return text
+    if scheme == "dynamodb" and rest and "/" not in rest:
+        return text
+    if scheme == "python" and rest.count(":") == 1 and all(rest.split(":")):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a usage source: give an http(s):// URL (POST"
+        ' {"customer","tenant","meter","start","end"} → {"value": "…"}), dynamodb://TABLE or'
+        " python://module:function, or leave --usage-source out for the built-in usage server"
+    )
 
 
-def register_local(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register_local(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "local",
         help="run the whole stack on this machine (moto, webhook, worker, Stripe emulator)",
@@ -52,12 +71,15 @@ def register_local(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
             "and export its signing secret as STRIPE_WEBHOOK_SECRET)."
         ),
     )
-    parser.add_argument("--port", type=int, default=8080, help="webhook port (0 = any free)")
+    parser.add_argument(
+        "--port", type=port_number, default=8080, help="webhook port (0 = any free)"
+    )
     parser.add_argument("--stripe-api-base", help="a Stripe-compatible server to use")
     parser.add_argument(
         "--usage-source",
-        help="USAGE_SOURCE for the worker (http(s)://…); default: a built-in usage server "
-        "fed with POST /usage/records",
+        type=usage_source_reference,
+        help="USAGE_SOURCE for the worker (http(s)://…, dynamodb://TABLE, python://module:fn);"
+        " default: a built-in usage server fed with POST /usage/records",
     )
     parser.add_argument(
         "--param",
@@ -66,167 +88,61 @@ def register_local(subparsers: "argparse._SubParsersAction[argparse.ArgumentPars
         metavar="NAME=VALUE",
         help="override a template parameter (repeatable), e.g. WorkerBatchSize=5",
     )
-    parser.set_defaults(run=run_local)
-
-
-def run_local(
-    args: argparse.Namespace,
-    stop: threading.Event | None = None,
-    out: TextIO = sys.stdout,
-) -> int:
-    """Start everything, print where it is, wait for Ctrl-C / SIGTERM (or `stop`)."""
-    stop = stop or threading.Event()
-    overrides = _parameter_overrides(args.param)
-    environ = os.environ
-    with (
-        _stripe(args.stripe_api_base, environ) as (target, emulator_url),
-        _usage_source(args.usage_source) as (usage_source, records_url),
-    ):
-        stack = LocalStack(
-            stripe_api_base=target.api_base,
-            stripe_api_key=target.api_key,
-            webhook_secret=target.webhook_secret,
-            usage_source=usage_source,
-            port=args.port,
-            parameter_overrides=overrides,
-        )
-        try:
-            stack.start()
-        except OSError as exc:
-            raise CliError(f"cannot listen on port {args.port}: {exc.strerror}") from exc
-        try:
-            if target.webhook_secret is None:
-                stack.register_webhook_endpoint()
-            _print_summary(out, stack, target, emulator_url, records_url)
-            with _stop_on_signals(stop):
-                stop.wait()
-        finally:
-            print("stopping…", file=out, flush=True)
-            stack.stop()
-    return 0
-
-
-def _parameter_overrides(pairs: list[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        name, separator, value = pair.partition("=")
-        if not separator:
-            raise CliError(f"--param wants NAME=VALUE, got {pair!r}")
-        overrides[name] = value
-    return overrides
-
-
-@contextmanager
-def _stripe(
-    api_base: str | None, environ: Mapping[str, str]
-) -> Iterator[tuple[StripeTarget, str | None]]:
-    """Pick the Stripe to talk to; start the emulator when none is named."""
-    key = environ.get("STRIPE_API_KEY")
-    secret = environ.get("STRIPE_WEBHOOK_SECRET") or None
-    if key and not key.startswith(("sk_test_", "rk_test_")):
-        raise CliError("STRIPE_API_KEY must be a test-mode key (sk_test_…); never a live key")
-    if api_base:
-        yield StripeTarget(api_base, key or EMULATOR_API_KEY, secret, api_base), None
-        return
-    if key:
-        if not secret:
-            raise CliError(
-                "real Stripe test mode needs STRIPE_WEBHOOK_SECRET: run "
-                "`stripe listen --forward-to http://127.0.0.1:<port>/stripe/webhook` and "
-                "export the whsec_… secret it prints"
-            )
-        yield StripeTarget(None, key, secret, "Stripe test mode (api.stripe.com)"), None
-        return
-    from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
-
-    emulator = StripeEmulator(EmulatorConfig()).start()
-    try:
-        target = StripeTarget(emulator.url, EMULATOR_API_KEY, None, "billing emulator")
-        yield target, emulator.url
-    finally:
-        emulator.stop()
-
-
-@contextmanager
-def _usage_source(url: str | None) -> Iterator[tuple[str, str | None]]:
-    """The given usage source, or a built-in one the user feeds over HTTP."""
-    if url:
-        yield url, None
-        return
-    from meterbridge_local.usage_server import UsageServer
-
-    with UsageServer() as server:
-        yield server.url, server.records_url
-
-
-def _print_summary(
-    out: TextIO,
-    stack: LocalStack,
-    target: StripeTarget,
-    emulator_url: str | None,
-    records_url: str | None = None,
-) -> None:
-    urls = stack.urls()
-    exports = {**LOCAL_AWS_ENVIRONMENT, "AWS_ENDPOINT_URL": urls["aws_endpoint_url"]}
-    if target.api_base:
-        exports.update(STRIPE_API_BASE=target.api_base, STRIPE_API_KEY=target.api_key)
-    # What the operator commands (dlq, status, report) read; names as the functions use them.
-    exports.update(
-        QUEUE_URL=urls["event_queue_url"],
-        DEAD_LETTER_QUEUE_URL=urls["dead_letter_queue_url"],
-        LEDGER_TABLE=urls["ledger_table"],
+    parser.add_argument(
+        "--seed",
+        action="store_true",
+        help="create a meter, a metered monthly price, a test clock 32 days back and a"
+        " subscribed customer, feed usage into its first period, and print each next step",
     )
-    if stack.usage_source:
-        exports["USAGE_SOURCE"] = stack.usage_source
-    lines = [
-        "meterbridge local is running (Ctrl-C stops it)",
-        f"  webhook URL        {urls['webhook_url']}",
-        f"  Stripe             {target.description}"
-        + (f" at {emulator_url}" if emulator_url else ""),
-        f"  AWS endpoint       {urls['aws_endpoint_url']}",
-        f"  event queue        {urls['event_queue_url']}",
-        f"  dead-letter queue  {urls['dead_letter_queue_url']}",
-        f"  ledger table       {urls['ledger_table']}",
-        f"  usage source       {stack.usage_source}"
-        + (" (built-in; --usage-source URL uses yours)" if records_url else ""),
-        "",
-        "In another shell, point the AWS CLI and `meterbridge` at it:",
-        "  export " + " ".join(f"{key}={value}" for key, value in exports.items()),
-    ]
-    if target.api_base is None:
-        lines.append(f"  stripe listen --forward-to {urls['webhook_url']}")
-    if records_url:
-        lines += [
-            "Feed the built-in usage source (account = customer id or tenant metadata value,"
-            " meter = meter event name, at = unix seconds):",
-            f"  curl -X POST {records_url} -d "
-            """'{"account": "cus_…", "meter": "api_requests", "at": 1767225600, "value": "42"}'""",
-        ]
-    print("\n".join(lines), file=out, flush=True)
+    parser.set_defaults(run=_run_local)
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM end the wait; outside the main thread (tests) nothing to do."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _run_local(args: argparse.Namespace) -> int:
+    from meterbridge_local.local_command import run_local
 
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    return run_local(args)
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+# --------------------------------------------------------------------------- demo
+
+
+def register_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="two months of billing end to end on this machine, checked invoice by invoice",
+        description=(
+            "Start the Stripe billing emulator, the local stack with the real handlers and a "
+            "usage source; subscribe a few customers on a test clock, feed known usage, "
+            "advance through two renewals and check every finalized invoice. Exits 0 only "
+            "if each carries exactly its usage. No network, no accounts."
+        ),
+    )
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="run the naive integration instead (random identifiers, no waiting): "
+        "shows the lost and double-counted usage; exits 1",
+    )
+    parser.add_argument(
+        "--months", type=int, default=2, choices=(1, 2), help="renewals to run (default 2)"
+    )
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from meterbridge_local.demo import MeterbridgeFlow, run_demo
+
+    if args.naive:
+        from meterbridge_local.naive import NaiveFlow
+
+        return run_demo(flow=NaiveFlow, renewals=args.months)
+    return run_demo(flow=MeterbridgeFlow, renewals=args.months)
 
 
 # --------------------------------------------------------------------------- operations
 
 
-def register_operations(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register_operations(subparsers: Any) -> None:
     """dlq, status, report, verify: operating a running meterbridge (meterbridge_local.ops)."""
     from meterbridge_local.ops.commands import register_all
 
@@ -235,15 +151,11 @@ def register_operations(subparsers: "argparse._SubParsersAction[argparse.Argumen
 
 # --------------------------------------------------------------------------- entry point
 
-SUBCOMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
-    register_local,
-    register_operations,
-    register_demo,
-]
+SUBCOMMANDS: list[Callable[[Any], None]] = [register_local, register_operations, register_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="meterbridge",
         description="Usage on every Stripe invoice, exactly once: local stack and operations.",
     )
@@ -255,13 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Diagnostics go to stderr; stdout is for what a person reads (tables, summaries).
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("meterbridge_local").setLevel(logging.INFO)
     try:
         code: int = args.run(args)
     except CliError as exc:
         print(f"meterbridge {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"meterbridge {args.command}: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -17,21 +17,26 @@ demo, and shows what happens:
 
 import json
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 import stripe
 
-if TYPE_CHECKING:
-    from meterbridge_local.demo import DemoCustomer, DemoRun, InvoiceCheck
-
-from meterbridge_local.demo import DEMO_API_KEY, Flow, deliver_again
+from meterbridge_local.demo import (
+    DEMO_API_KEY,
+    DemoCustomer,
+    DemoRun,
+    Flow,
+    InvoiceCheck,
+    deliver_again,
+)
 
 
 class NaiveWebhookReceiver:
@@ -137,7 +142,16 @@ class NaiveWebhookReceiver:
 class NaiveFlow(Flow):
     """Drives the naive receiver the way the problem statement's developer did."""
 
-    def __init__(self, run: "DemoRun", resources: ExitStack):
+    title = "naive integration (the anti-pattern)"
+    failure_note = (
+        "[yellow]This is expected[/]: the naive integration sends a meter event with a "
+        "random identifier on every webhook delivery and lets the invoice finalize "
+        "without waiting, so a redelivered webhook counts twice and usage sent just "
+        "before finalization is missed. Exit status 1 is the point of this run; "
+        "`meterbridge demo` runs the same months with meterbridge."
+    )
+
+    def __init__(self, run: DemoRun, resources: ExitStack):
         self.run = run
         self.receiver = resources.enter_context(
             NaiveWebhookReceiver(run.emulator.url, run.usage.url, "api_requests").start()
@@ -155,7 +169,7 @@ class NaiveFlow(Flow):
     def after_setup(self) -> None:
         self.run.emulator.wait_idle(timeout=30)
 
-    def on_renewal(self, index: int, customers: Sequence["DemoCustomer"]) -> None:
+    def on_renewal(self, index: int, customers: Sequence[DemoCustomer]) -> None:
         run = self.run
         events = {}
         for customer, subscriber in zip(customers, run.subscribers, strict=True):
@@ -174,8 +188,6 @@ class NaiveFlow(Flow):
         )
 
     def _wait_for_answers(self, event_ids: set[str], timeout: float = 30.0) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             answered = {
@@ -191,7 +203,7 @@ class NaiveFlow(Flow):
     def settle(self) -> None:
         self.run.emulator.wait_idle(timeout=30)
 
-    def annotate(self, checks: list["InvoiceCheck"]) -> list["InvoiceCheck"]:
+    def annotate(self, checks: list[InvoiceCheck]) -> list[InvoiceCheck]:
         sent = set(self.receiver.sent)
         events = [e for e in self.run.emulator.meter_events() if e["identifier"] in sent]
         annotated = []

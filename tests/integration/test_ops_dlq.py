@@ -3,6 +3,7 @@
 import io
 import json
 import uuid
+import zipfile
 from collections import Counter
 from typing import Any
 
@@ -12,8 +13,9 @@ import pytest
 from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.domain.records import InvoiceChanges, InvoiceStatus
 from meterbridge_local.aws import MotoServer
-from meterbridge_local.cli import StripeTarget, _print_summary, main
+from meterbridge_local.cli import main
 from meterbridge_local.ledger_table import create_ledger_table
+from meterbridge_local.local_command import StripeTarget, print_summary
 from meterbridge_local.stack import LocalStack
 from tests.support.ops import cli, queue_with_dead_letters
 from tests.support.stripe_events import snapshot_event
@@ -214,7 +216,7 @@ def test_the_export_line_of_meterbridge_local_is_all_the_commands_need(
     ) as stack:
         printed = io.StringIO()
         target = StripeTarget("http://127.0.0.1:9", "sk_test_x", "whsec_x", "test")
-        _print_summary(printed, stack, target, None)
+        print_summary(printed, stack, target, None)
         [line] = [x for x in printed.getvalue().splitlines() if x.startswith("  export ")]
         exported = dict(pair.split("=", 1) for pair in line.split()[1:])
         assert exported["QUEUE_URL"] == stack.event_queue_url
@@ -275,3 +277,118 @@ def test_replay_batches_stay_within_sqs_request_limit() -> None:
     assert [m.message_id for group in groups for m in group] == [m.message_id for m in letters]
     assert all(sum(sqs_size(m) for m in group) <= SQS_BATCH_BYTES for group in groups)
     assert len(groups) == 5  # two 100 KB messages per request
+
+
+# --------------------------------------------------------------------------- replay safety
+
+
+def _queue_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def _with_event_source_mapping(queue_url: str) -> str:
+    """A Lambda function reading `queue_url`, as the stack's worker reads its event queue."""
+    suffix = uuid.uuid4().hex[:8]
+    role = boto3.client("iam").create_role(
+        RoleName=f"worker-{suffix}",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "sts:AssumeRole",
+                        "Principal": {"Service": "lambda.amazonaws.com"},
+                    }
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as package:
+        package.writestr("handler.py", "def handler(event, context):\n    return None\n")
+    name = f"worker-{suffix}"
+    lambda_client = boto3.client("lambda")
+    lambda_client.create_function(
+        FunctionName=name,
+        Runtime="python3.13",
+        Role=role,
+        Handler="handler.handler",
+        Code={"ZipFile": archive.getvalue()},
+    )
+    arn = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    lambda_client.create_event_source_mapping(EventSourceArn=arn, FunctionName=name)
+    return name
+
+
+def test_replay_refuses_another_stacks_dead_letter_queue_unless_forced_by_name(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, other_dlq = queue_with_dead_letters("other-stack", max_receive_count=3)
+    dead_letter({"dlq": other_dlq}, invoice_event("in_elsewhere"))
+    other = _queue_name(other_dlq)
+
+    code, output = cli(
+        capsys, "dlq", "replay", "--dlq-url", other_dlq, "--queue-url", queues["queue"]
+    )
+
+    assert code == 2
+    assert len(output.strip().splitlines()) == 1, output  # one line, no traceback
+    assert f"{other} is not the dead-letter queue of {_queue_name(queues['queue'])}" in output
+    assert f"its RedrivePolicy names {_queue_name(queues['dlq'])}" in output
+    assert f"--force-source {other}" in output
+    assert visible(other_dlq) == 1
+    assert visible(queues["queue"]) == 0
+
+    code, output = cli(capsys, "dlq", "replay", "--dlq-url", other_dlq, "--queue-url",
+                       queues["queue"], "--force-source", "some-other-name")  # fmt: skip
+    assert code == 2
+    assert f"is not the source queue's name ({other})" in output
+    assert visible(other_dlq) == 1
+
+    code, output = cli(capsys, "dlq", "replay", "--dlq-url", other_dlq, "--queue-url",
+                       queues["queue"], "--force-source", other)  # fmt: skip
+    assert code == 0, output
+    assert "Replayed 1 message(s)" in output
+    [(body, _)] = everything(queues["queue"])
+    assert json.loads(body)["data"]["object"]["id"] == "in_elsewhere"
+    assert visible(other_dlq) == 0
+
+
+def test_replay_into_a_queue_without_a_redrive_policy_is_refused(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = boto3.client("sqs").create_queue(QueueName=f"plain-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    dead_letter(queues, invoice_event("in_1"))
+
+    code, output = cli(capsys, "dlq", "replay", "--dlq-url", queues["dlq"], "--queue-url", plain)
+
+    assert code == 2
+    assert "its RedrivePolicy names no dead-letter queue" in output
+    assert visible(queues["dlq"]) == 1
+
+
+def test_a_queue_a_lambda_function_reads_is_never_drained_even_when_forced(
+    queues: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    function = _with_event_source_mapping(queues["queue"])
+    enqueue(queues["queue"], invoice_event("in_live"))
+    live = _queue_name(queues["queue"])
+    _, target_dlq = queue_with_dead_letters("target", max_receive_count=3)
+    target = target_dlq.replace("target-dlq-", "target-")  # the queue whose DLQ that is
+    capsys.readouterr()  # moto's own complaints about Docker, from creating the function
+
+    code, output = cli(capsys, "dlq", "replay", "--dlq-url", queues["queue"], "--queue-url",
+                       target, "--force-source", live)  # fmt: skip
+
+    assert code == 2
+    assert len(output.strip().splitlines()) == 1, output
+    assert f"{live} is a live event queue (Lambda function {function} reads it)" in output
+    assert visible(queues["queue"]) == 1  # untouched
+
+    code, output = cli(capsys, "dlq", "list", "--dlq-url", queues["queue"])
+    assert code == 2
+    assert "live event queue" in output
+    assert visible(queues["queue"]) == 1

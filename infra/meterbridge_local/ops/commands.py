@@ -4,17 +4,20 @@ Exit status: 0 done and healthy; 1 done but something needs attention (a replay 
 messages behind, an invoice not found, a report failed, late, unconfirmed close to
 finalization, mismatched on the finalized invoice or differing, a verify step failed);
 2 bad input or unreachable target (OperatorError, printed as one line).
+
+Parsers only need argparse: each `run_*` imports what it uses (boto3, rich, the worker's
+code), so `meterbridge --help` and one command's start-up load nothing of the others.
 """
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from decimal import Decimal, InvalidOperation
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from meterbridge.domain.records import InvoiceStatus, ReportStatus
-from meterbridge_local.ledger_reader import LedgerReader, LedgerUnavailable
-from meterbridge_local.ops import render
 from meterbridge_local.ops.config import (
     DEAD_LETTER_QUEUE_URL,
     LEDGER_TABLE,
@@ -26,8 +29,10 @@ from meterbridge_local.ops.config import (
     required,
     setting,
 )
-from meterbridge_local.ops.dlq import DeadLetter, DeadLetterQueue, Selection
-from meterbridge_local.ops.status import customer_status, invoice_status
+
+if TYPE_CHECKING:
+    from meterbridge_local.ledger_reader import LedgerReader
+    from meterbridge_local.ops.dlq import DeadLetter, DeadLetterQueue
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -76,7 +81,9 @@ def _register_dlq(subparsers: Any, aws: argparse.ArgumentParser) -> None:
         help="send dead-lettered events back to the event queue",
         description="Put dead-lettered events back on the event queue, unchanged (same body,"
         " same attributes, same Stripe event id), so the worker processes them again. Without"
-        " filters SQS's StartMessageMoveTask is used where available.",
+        " filters SQS's StartMessageMoveTask is used where available. The source must be the"
+        " event queue's own dead-letter queue (its RedrivePolicy), unless --force-source"
+        " names it; a queue with a Lambda event source mapping is never drained.",
     )
     replay.add_argument(
         "--event-type",
@@ -91,6 +98,13 @@ def _register_dlq(subparsers: Any, aws: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="show what would be replayed; change nothing"
     )
     replay.add_argument(
+        "--force-source",
+        metavar="QUEUE_NAME",
+        help="replay from a queue that is not the event queue's own dead-letter queue (its"
+        " RedrivePolicy names another, or none): repeat that queue's name to confirm. A queue"
+        " that feeds a Lambda function is refused even so",
+    )
+    replay.add_argument(
         "--no-move-task",
         action="store_true",
         help="always receive → send → delete (never SQS's move task)",
@@ -98,13 +112,28 @@ def _register_dlq(subparsers: Any, aws: argparse.ArgumentParser) -> None:
     replay.set_defaults(run=run_dlq_replay)
 
 
-def _dead_letter_queue(args: argparse.Namespace) -> tuple[DeadLetterQueue, AwsTarget]:
+def _dead_letter_queue(
+    args: argparse.Namespace, *, replaying: bool = False
+) -> tuple["DeadLetterQueue", AwsTarget]:
+    from meterbridge_local.ops.dlq import DeadLetterQueue, refuse_unsafe_source
+
     target = aws_target(args)
     sqs = target.client("sqs")
     queue_url = setting(args, "queue_url", QUEUE_URL, os.environ)
     dlq_url = setting(args, "dlq_url", DEAD_LETTER_QUEUE_URL, os.environ)
     if dlq_url is None:
         dlq_url = dead_letter_queue_of(sqs, required(queue_url, "--queue-url", QUEUE_URL))
+    if replaying and queue_url is None:
+        raise OperatorError("replay needs the event queue: pass --queue-url or export QUEUE_URL")
+    # Looking (list) hides messages for minutes and replay deletes them: never on a queue
+    # a Lambda function reads; replay only into the queue whose dead-letter queue this is.
+    refuse_unsafe_source(
+        sqs,
+        target.client("lambda"),
+        dlq_url,
+        queue_url if replaying else None,
+        force_source=getattr(args, "force_source", None),
+    )
     queue = DeadLetterQueue(
         sqs,
         dlq_url,
@@ -115,7 +144,9 @@ def _dead_letter_queue(args: argparse.Namespace) -> tuple[DeadLetterQueue, AwsTa
     return queue, target
 
 
-def _reader(args: argparse.Namespace, target: AwsTarget, needed: bool) -> LedgerReader | None:
+def _reader(args: argparse.Namespace, target: AwsTarget, needed: bool) -> "LedgerReader | None":
+    from meterbridge_local.ledger_reader import LedgerReader
+
     table = setting(args, "ledger_table", LEDGER_TABLE, os.environ)
     if table is None:
         if needed:
@@ -125,6 +156,8 @@ def _reader(args: argparse.Namespace, target: AwsTarget, needed: bool) -> Ledger
 
 
 def run_dlq_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from meterbridge_local.ops import render
+
     console = render.console(out or sys.stdout)
     queue, target = _dead_letter_queue(args)
     reader = _reader(args, target, needed=False)
@@ -140,8 +173,11 @@ def run_dlq_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def why_dead(letter: DeadLetter, reader: LedgerReader | None) -> str:
+def why_dead(letter: "DeadLetter", reader: "LedgerReader | None") -> str:
     """The first failure reason the ledger recorded for this message's invoice."""
+    from meterbridge.domain.records import InvoiceStatus, ReportStatus
+    from meterbridge_local.ledger_reader import LedgerUnavailable
+
     if letter.problem:
         return letter.problem
     if reader is None:
@@ -167,10 +203,11 @@ def why_dead(letter: DeadLetter, reader: LedgerReader | None) -> str:
 
 
 def run_dlq_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from meterbridge_local.ops import render
+    from meterbridge_local.ops.dlq import Selection
+
     console = render.console(out or sys.stdout)
-    queue, _ = _dead_letter_queue(args)
-    if queue.event_queue_url is None:
-        raise OperatorError("replay needs the event queue: pass --queue-url or export QUEUE_URL")
+    queue, _ = _dead_letter_queue(args, replaying=True)
     selection = Selection(frozenset(args.event_type), args.invoice)
     total = queue.depth()
     if args.max is not None:
@@ -211,6 +248,9 @@ def _register_status(subparsers: Any, aws: argparse.ArgumentParser) -> None:
 
 
 def run_status_invoice(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from meterbridge_local.ops import render
+    from meterbridge_local.ops.status import invoice_status
+
     console = render.console(out or sys.stdout)
     reader = _reader(args, aws_target(args), needed=True)
     assert reader is not None
@@ -227,6 +267,9 @@ def run_status_invoice(args: argparse.Namespace, out: TextIO | None = None) -> i
 
 
 def run_status_customer(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from meterbridge_local.ops import render
+    from meterbridge_local.ops.status import customer_status
+
     console = render.console(out or sys.stdout)
     reader = _reader(args, aws_target(args), needed=True)
     assert reader is not None
@@ -240,6 +283,8 @@ def run_status_customer(args: argparse.Namespace, out: TextIO | None = None) -> 
 
 
 def _ledger(read: Any) -> Any:
+    from meterbridge_local.ledger_reader import LedgerUnavailable
+
     try:
         return read()
     except LedgerUnavailable as error:
@@ -271,6 +316,7 @@ def _register_report(subparsers: Any, aws: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from meterbridge_local.ops import render
     from meterbridge_local.ops.report import InvoiceReRun, reporting_tools
 
     console = render.console(out or sys.stdout)
@@ -281,7 +327,8 @@ def run_report(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.endpoint_url:
         environ["AWS_ENDPOINT_URL"] = args.endpoint_url
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
-    run = InvoiceReRun(reporting_tools(environ)).run(args.invoice, force=args.force)
+    with _worker_output_to_stderr():
+        run = InvoiceReRun(reporting_tools(environ)).run(args.invoice, force=args.force)
     render.report_run(console, run)
     return 0 if run.ok else 1
 
@@ -313,7 +360,27 @@ def _register_verify(subparsers: Any) -> None:
     verify.set_defaults(run=run_verify)
 
 
+@contextmanager
+def _worker_output_to_stderr() -> Iterator[None]:
+    """`report` runs the worker's code in this process: its Powertools logger writes JSON
+    lines, and its metrics EMF lines, to stdout, which is for the person here. Both go to
+    stderr while it runs (`2>report.log` keeps them)."""
+    from meterbridge.observability import logger
+
+    handler = logger.registered_handler
+    stream = handler.stream if isinstance(handler, logging.StreamHandler) else None
+    if stream is not None:
+        handler.setStream(sys.stderr)  # type: ignore[attr-defined]
+    try:
+        with redirect_stdout(sys.stderr):  # Powertools prints EMF with print()
+            yield
+    finally:
+        if stream is not None:
+            handler.setStream(stream)  # type: ignore[attr-defined]
+
+
 def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from meterbridge_local.ops import render
     from meterbridge_local.ops.verify import STEP_NAMES, Verifier
 
     console = render.console(out or sys.stdout)

@@ -1,5 +1,9 @@
 """Where the operator commands point: flags first, then the variables `meterbridge local`
-prints (QUEUE_URL, DEAD_LETTER_QUEUE_URL, LEDGER_TABLE, AWS_ENDPOINT_URL, STRIPE_*)."""
+prints (QUEUE_URL, DEAD_LETTER_QUEUE_URL, LEDGER_TABLE, AWS_ENDPOINT_URL, STRIPE_*).
+
+boto3 and botocore are imported by the functions that call AWS, so that parsing a
+command line (and `--help`) does not pay for them.
+"""
 
 import json
 import os
@@ -7,11 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
-from meterbridge_local.cli import CliError
+from meterbridge_local.errors import CliError
 
 QUEUE_URL = "QUEUE_URL"
 DEAD_LETTER_QUEUE_URL = "DEAD_LETTER_QUEUE_URL"
@@ -35,6 +35,10 @@ class AwsTarget:
         return bool(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
 
     def client(self, service: str, *, retries: int | None = None) -> Any:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
         config = Config(retries={"max_attempts": retries, "mode": "standard"}) if retries else None
         try:
             return boto3.client(  # type: ignore[call-overload]
@@ -72,6 +76,8 @@ def queue_arn(sqs: Any, queue_url: str) -> str:
 
 
 def queue_attributes(sqs: Any, queue_url: str, names: list[str]) -> dict[str, str]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         answer = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)
     except ClientError as error:
@@ -84,6 +90,8 @@ def queue_attributes(sqs: Any, queue_url: str, names: list[str]) -> dict[str, st
 
 def dead_letter_queue_of(sqs: Any, queue_url: str) -> str:
     """The event queue's RedrivePolicy target, so QUEUE_URL alone is enough."""
+    from botocore.exceptions import ClientError
+
     policy = queue_attributes(sqs, queue_url, ["RedrivePolicy"]).get("RedrivePolicy")
     if not policy:
         raise OperatorError(f"queue {queue_url} has no dead-letter queue (no RedrivePolicy)")

@@ -10,9 +10,16 @@ replayed at most once (tracked by message id, which survives visibility timeouts
 SQS's own StartMessageMoveTask is used when the whole queue goes back and the API is
 there; it allows one active task per source queue, so a running one is reported, not
 doubled. moto lacks it: replay falls back to receive → send → delete and says so.
+
+Replay refuses a pair of queues it cannot vouch for (`refuse_unsafe_source`): a source
+that is not the target's own dead-letter queue (another stack's DLQ has another ledger, so
+its events can bill twice once Stripe forgot their identifiers) unless the operator names
+it with --force-source, and, whatever is forced, a queue a Lambda function reads (a live
+event queue drained into another stack).
 """
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -388,6 +395,71 @@ class DeadLetterQueue:
                         for i, x in enumerate(chunk)
                     ],
                 )
+
+
+def _queue_name(url_or_arn: str) -> str:
+    return url_or_arn.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+
+
+def refuse_unsafe_source(
+    sqs: Any,
+    lambda_client: Any,
+    source_url: str,
+    target_url: str | None,
+    *,
+    force_source: str | None = None,
+) -> None:
+    """Raise OperatorError unless draining `source_url` (into `target_url`, when replaying)
+    is safe: no Lambda event source mapping reads the source, and the target's RedrivePolicy
+    names the source as its dead-letter queue (or `force_source` repeats its name)."""
+    source_name = _queue_name(source_url)
+    source_arn = queue_arn(sqs, source_url)
+    try:
+        mappings = lambda_client.list_event_source_mappings(EventSourceArn=source_arn).get(
+            "EventSourceMappings", []
+        )
+    except (ClientError, BotoCoreError) as error:
+        reason = _code(error) if isinstance(error, ClientError) else str(error)
+        raise OperatorError(
+            f"cannot check that {source_name} feeds no Lambda function"
+            f" (lambda:ListEventSourceMappings: {reason}); allow that action for this role,"
+            " then run the command again"
+        ) from error
+    if mappings:
+        functions = ", ".join(
+            sorted({_queue_name(str(m.get("FunctionArn", "?"))) for m in mappings})
+        )
+        raise OperatorError(
+            f"{source_name} is a live event queue (Lambda function {functions} reads it),"
+            " not a dead-letter queue: dlq commands never drain it; pass the dead-letter"
+            " queue with --dlq-url, or leave it out to use the event queue's RedrivePolicy"
+        )
+    if target_url is None:
+        return
+    target_name = _queue_name(target_url)
+    policy = queue_attributes(sqs, target_url, ["RedrivePolicy"]).get("RedrivePolicy")
+    own = json.loads(policy).get("deadLetterTargetArn") if policy else None
+    if own == source_arn:
+        if force_source is not None and force_source != source_name:
+            raise OperatorError(
+                f"--force-source {force_source!r} does not name the source queue"
+                f" {source_name} (which needs no forcing: it is {target_name}'s own"
+                " dead-letter queue); leave --force-source out"
+            )
+        return
+    if force_source == source_name:
+        return
+    names = f"names {_queue_name(own)}" if own else "names no dead-letter queue"
+    hint = (
+        f"repeat the source's name to replay anyway: --force-source {source_name}"
+        if force_source is None
+        else f"--force-source {force_source!r} is not the source queue's name ({source_name})"
+    )
+    raise OperatorError(
+        f"{source_name} is not the dead-letter queue of {target_name} (its RedrivePolicy"
+        f" {names}): events from another queue can bill twice, since another stack keeps"
+        f" another ledger; check --dlq-url and --queue-url, or {hint}"
+    )
 
 
 def _sendable(attributes: dict[str, Any]) -> dict[str, Any]:

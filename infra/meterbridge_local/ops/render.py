@@ -1,24 +1,43 @@
 """Rich tables and progress bars for the operator commands; nothing here decides anything."""
 
+from __future__ import annotations
+
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from meterbridge_local.ops.dlq import DeadLetter, ReplayResult
-from meterbridge_local.ops.report import ReportRun
-from meterbridge_local.ops.status import InvoiceSummary
-from meterbridge_local.ops.verify import Step
+if TYPE_CHECKING:  # each command imports only its own job's module (start-up time)
+    from meterbridge_local.ops.dlq import DeadLetter, ReplayResult
+    from meterbridge_local.ops.report import ReportRun
+    from meterbridge_local.ops.status import InvoiceSummary, ReportRow
+    from meterbridge_local.ops.verify import Step
 
 WIDE = 400  # when not a terminal (CI logs, pipes): never fold tables into unreadable columns
+# Below this width a report's ten columns fold into unreadable slivers: each report is
+# printed as a few labelled lines instead.
+REPORTS_TABLE_MIN_WIDTH = 160
+DEADLINE = "deadline (invoice clock)"
+SENT_AT = "sent at (real time)"
+CLOCKS_NOTE = (
+    "Times are UTC. The deadline is on the invoice's clock: its test clock's time when the"
+    " customer is on a test clock, else real time; sent at is real time."
+)
 
 
 def console(out: TextIO) -> Console:
-    return Console(file=out, width=None if out.isatty() else WIDE, highlight=False)
+    """A terminal's own width; elsewhere COLUMNS if set, else wide (CI logs, pipes)."""
+    if out.isatty():
+        width = None
+    else:
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else WIDE
+    return Console(file=out, width=width, highlight=False)
 
 
 @contextmanager
@@ -116,10 +135,35 @@ def invoice_summaries(out: Console, summaries: list[InvoiceSummary]) -> None:
         out.print(header)
         if not summary.reports:
             out.print("  (no reports)")
-        else:
+        elif out.width >= REPORTS_TABLE_MIN_WIDTH:
             out.print(_reports_table(summary))
+        else:
+            for row in summary.reports:
+                _report_lines(out, row)
         for reason in summary.attention:
             out.print(f"  [red]needs attention:[/red] {reason}")
+    if any(summary.reports for summary in summaries):
+        out.print(f"[dim]{CLOCKS_NOTE}[/dim]")
+
+
+def _report_lines(out: Console, row: ReportRow) -> None:
+    """One report as labelled lines: fits 80 columns, every verdict kept."""
+    out.print(f"  [bold]{row.identifier}[/bold]", overflow="fold")
+    status = _styled(row.status, {"sent": "green", "late": "yellow", "failed": "red"})
+    lines = [
+        f"status {status} · value {row.value} · tries {row.attempts}",
+        f"service period {row.period}",
+        f"{DEADLINE} {row.deadline}",
+        f"{SENT_AT} {row.sent_at}",
+        "confirmation "
+        + _styled(row.confirmation, {"confirmed": "green", "missing": "red"})
+        + " · reconciliation "
+        + _styled(row.reconciliation, {"reconciled": "green", "mismatch": "red"}),
+    ]
+    if row.last_error:
+        lines.append(f"last error {row.last_error}")
+    for line in lines:
+        out.print(f"    {line}", overflow="fold")
 
 
 def _reports_table(summary: InvoiceSummary) -> Table:
@@ -129,8 +173,8 @@ def _reports_table(summary: InvoiceSummary) -> Table:
         "status",
         "value",
         "service period",
-        "deadline",
-        "sent at",
+        DEADLINE,
+        SENT_AT,
         "tries",
         "confirmation",
         "reconciliation",
