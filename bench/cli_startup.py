@@ -50,8 +50,8 @@ def _time(argv: list[str], environment: dict[str, str]) -> float:
 def run() -> None:
     import boto3
 
-    from meterbridge.adapters.ledger import create_ledger_table
     from meterbridge_local.aws import moto_server
+    from meterbridge_local.ledger_table import create_ledger_table
 
     # Bytecode as a user's machine has it: written on the first run (warm-up), then reused.
     base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meterbridge.adapters.ledger import DynamoDbLedger
-from meterbridge.domain.guard import expected_aggregate
+from meterbridge.domain.guard import expected_aggregate, sent_usage
 from meterbridge.domain.invoices import Meter, ServicePeriod
 from meterbridge.domain.records import (
     FailureClass,
@@ -23,7 +23,6 @@ from meterbridge.domain.records import (
 )
 from meterbridge.domain.reports import report_identifier
 from meterbridge.errors import PermanentError, TransientError
-from meterbridge.worker.confirmation import sent_usage
 
 MAX_REVISIONS = 1000  # a runaway loop guard; real reports have a handful
 

@@ -121,7 +121,7 @@ def test_demo_bills_every_renewal_exactly_and_exits_0(runs: dict[str, tuple[int,
     rows = _rows(output)
     assert len(rows) == 6  # three customers, two renewals
     assert all(row.rstrip().endswith("OK") for row in rows), output
-    assert all(" mb2-cus_" in row and " sent " in row for row in rows), output
+    assert all(" sent " in row for row in rows), output
     assert "All 6 renewal invoices carry exactly the usage from the source" in output
     assert "Stripe delivered Globex's invoice.created a second time (webhook answered 200)" in (
         output

@@ -10,7 +10,9 @@ from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.ledger_table import create_ledger_table
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
-from tests.support.worker import Billing
+from tests.support import worker as support
+from tests.support.ops import Case
+from tests.support.worker import USAGE, Billing
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +48,33 @@ def queue_url(aws: MotoServer) -> str:
 @pytest.fixture
 def billing(emulator: StripeEmulator) -> Billing:
     return Billing(emulator)
+
+
+@pytest.fixture
+def case(
+    fresh_emulator_faults: StripeEmulator,
+    ledger: DynamoDbLedger,
+    ledger_table: str,
+    queue_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Case:
+    """One customer on a metered price (usage 100), with `meterbridge report`'s environment:
+    the worker's own settings, without QUEUE_URL (no invoice guard)."""
+    billing = Billing(fresh_emulator_faults)
+    meter = billing.meter()
+    customer = billing.customer()
+    USAGE[(customer["id"], meter["event_name"])] = "100"
+    environment = support.worker_environment(fresh_emulator_faults, ledger_table, queue_url)
+    for name, value in environment.items():
+        if name != "QUEUE_URL":
+            monkeypatch.setenv(name, value)
+    return Case(
+        fresh_emulator_faults,
+        billing,
+        ledger,
+        ledger_table,
+        queue_url,
+        meter,
+        billing.metered_price(meter),
+        customer,
+    )

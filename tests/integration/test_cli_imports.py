@@ -9,8 +9,8 @@ import uuid
 
 import boto3
 
-from meterbridge.adapters.ledger import create_ledger_table
 from meterbridge_local.aws import MotoServer
+from meterbridge_local.ledger_table import create_ledger_table
 from tests.support.ops import queue_with_dead_letters
 
 LOCAL_STACK = ("moto", "cfnlint", "sympy", "flask", "werkzeug")

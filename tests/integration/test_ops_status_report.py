@@ -2,7 +2,6 @@
 SQS (moto) → worker handler → Stripe billing emulator (real SDK) → DynamoDB ledger (moto)."""
 
 import time
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -15,90 +14,17 @@ from meterbridge.handlers import worker as worker_module
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.lambda_runtime import FunctionConfig, SqsPoller
 from meterbridge_local.resources import SqsEventSource
-from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support import worker as support
 from tests.support.guard import receive, run_records
-from tests.support.ops import cli, queue_with_dead_letters
-from tests.support.worker import (
-    USAGE,
-    Billing,
+from tests.support.ops import (
+    NO_GUARD,
+    Case,
+    cli,
+    counted_by_stripe,
+    identifier,
+    queue_with_dead_letters,
 )
-
-NO_GUARD = {"INVOICE_GUARD": "off"}  # delayed confirmations are the invoice guard's tests
-
-
-@dataclass
-class Case:
-    emulator: StripeEmulator
-    billing: Billing
-    ledger: Ledger
-    table: str
-    queue: str
-    meter: dict[str, Any]
-    price: dict[str, Any]
-    customer: dict[str, Any]
-
-    def invoice(self, **overrides: Any) -> dict[str, Any]:
-        return self.billing.renewal(self.customer["id"], [self.price], **overrides)
-
-    def run_worker(self, invoice: dict[str, Any], **env: str) -> set[str]:
-        support.enqueue(self.queue, support.invoice_created(invoice))
-        worker = support.make_worker(self.emulator, self.table, self.queue, env={**NO_GUARD, **env})
-        return run_records(worker, self.queue, receive(self.queue))
-
-    def events(self) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.billing.meter_events(customer=self.customer["id"])
-            if e["status"] == "accepted"
-        ]
-
-
-@pytest.fixture
-def case(
-    fresh_emulator_faults: StripeEmulator,
-    ledger: Ledger,
-    ledger_table: str,
-    queue_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Case:
-    billing = Billing(fresh_emulator_faults)
-    meter = billing.meter()
-    customer = billing.customer()
-    USAGE[(customer["id"], meter["event_name"])] = "100"
-    # What `meterbridge report` reads: the worker's own settings (no QUEUE_URL: no guard).
-    environment = support.worker_environment(fresh_emulator_faults, ledger_table, queue_url)
-    for name, value in environment.items():
-        if name != "QUEUE_URL":
-            monkeypatch.setenv(name, value)
-    return Case(
-        fresh_emulator_faults,
-        billing,
-        ledger,
-        ledger_table,
-        queue_url,
-        meter,
-        billing.metered_price(meter),
-        customer,
-    )
-
-
-def identifier(invoice: dict[str, Any], revision: int = 0) -> str:
-    return support.report_id(invoice, revision=revision)
-
-
-def counted_by_stripe(case: Case, invoice: dict[str, Any]) -> Decimal:
-    period = invoice["lines"]["data"][0]["period"]
-    summaries = case.billing.client.v1.billing.meters.event_summaries.list(
-        case.meter["id"],
-        {
-            "customer": case.customer["id"],
-            "start_time": period["start"] // 60 * 60,
-            "end_time": -(-period["end"] // 60) * 60,
-        },
-    )
-    return sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
-
+from tests.support.worker import USAGE
 
 # --------------------------------------------------------------------------- status
 

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Literal
 
 from meterbridge.domain.invoices import ServicePeriod
+from meterbridge.domain.records import ReportRecord
 
 GuardMode = Literal["off", "confirm", "hold"]
 
@@ -52,6 +53,15 @@ class SentUsage:
 
 
 PRE_AGGREGATION_SECONDS = {"hour": 3600, "day": 86_400}
+
+
+def sent_usage(report: ReportRecord) -> SentUsage:
+    """What Stripe should be counting for a report, as the guard's rules take it."""
+    return SentUsage(
+        timestamp=report.timestamp or 0,
+        value=report.value if report.value is not None else Decimal(0),
+        sent_at=report.sent_at or 0,
+    )
 
 
 def expected_aggregate(

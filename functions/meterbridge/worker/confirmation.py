@@ -9,17 +9,16 @@ still act. A held draft is released from here (worker/holding.py).
 """
 
 from dataclasses import dataclass
-from decimal import Decimal
 
 from meterbridge.domain.guard import (
     CheckState,
     NextStep,
-    SentUsage,
     confirmation_at_risk,
     decide_after_check,
     expected_aggregate,
     in_window,
     same_value,
+    sent_usage,
     summary_window,
 )
 from meterbridge.domain.invoices import Invoice, Meter
@@ -49,15 +48,6 @@ class CheckOutcome:
     unconfirmed: int = 0
     released: ReleaseAction | None = None
     next_check_in: int | None = None  # seconds; None when polling ended
-
-
-def sent_usage(report: ReportRecord) -> SentUsage:
-    """What Stripe should be counting for a report, as the guard's rules take it."""
-    return SentUsage(
-        timestamp=report.timestamp or 0,
-        value=report.value if report.value is not None else Decimal(0),
-        sent_at=report.sent_at or 0,
-    )
 
 
 class Confirmation:

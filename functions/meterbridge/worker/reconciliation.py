@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from meterbridge.domain.guard import expected_aggregate
+from meterbridge.domain.guard import expected_aggregate, sent_usage
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, ServicePeriod
 from meterbridge.domain.reconciliation import LineFacts, Verdict, judge
 from meterbridge.domain.records import (
@@ -28,7 +28,6 @@ from meterbridge.domain.records import (
 from meterbridge.domain.reports import overlaps, refusal, report_identifier
 from meterbridge.errors import PermanentError
 from meterbridge.observability import count, logger
-from meterbridge.worker.confirmation import sent_usage
 from meterbridge.worker.holding import DraftHold
 from meterbridge.worker.invoices import parse_invoice
 from meterbridge.worker.planning import InvoicePlanner

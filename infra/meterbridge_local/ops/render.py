@@ -147,8 +147,10 @@ def invoice_summaries(out: Console, summaries: list[InvoiceSummary]) -> None:
 
 
 def _report_lines(out: Console, row: ReportRow) -> None:
-    """One report as labelled lines: fits 80 columns, every verdict kept."""
-    out.print(f"  [bold]{row.identifier}[/bold]", overflow="fold")
+    """One report as labelled lines: fits 80 columns, every verdict kept. The identifier
+    (up to 100 characters, Stripe's limit) is the one line that may be longer: it is what
+    operators copy, so it is printed whole on a line of its own, never folded."""
+    out.print(f"[bold]{row.identifier}[/bold]", soft_wrap=True)
     status = _styled(row.status, {"sent": "green", "late": "yellow", "failed": "red"})
     lines = [
         f"status {status} · value {row.value} · tries {row.attempts}",
