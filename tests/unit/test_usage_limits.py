@@ -11,6 +11,7 @@ from meterbridge.domain.usage_limits import (
     UsageValueCeilings,
     check_usage_value,
     parse_usage_value_ceilings,
+    scrub_usage_source_text,
 )
 from meterbridge.errors import PermanentError
 
@@ -116,3 +117,47 @@ def test_ceiling_setting_round_trips(
         parts.append(f"*={default}")
     parsed = parse_usage_value_ceilings(",".join(parts))
     assert parsed == UsageValueCeilings(per_meter=per_meter, default=default)
+
+
+# --- usage-source text on its way into the ledger and the logs ---------------------------
+
+
+def test_usage_source_text_is_scrubbed_of_addresses_tokens_and_long_numbers() -> None:
+    text = (
+        "Customer jane.doe+billing@example.co.uk not found.\n"
+        "Card 4242 4242 4242 4242, account 000123456789, IBAN-ish 1234-5678-9012.\n"
+        'Headers: Authorization: Bearer abc.DEF-123_xyz; body {"api_key": "AKIA1234"}\n'
+        "retry with token=s3cr3t&x=1 or sk_live_51HxYzAbCdEfGh, jwt eyJhbGc.eyJzdWI.sig"
+    )
+    scrubbed = scrub_usage_source_text(text, limit=1000)
+    for leaked in (
+        "jane",
+        "example.co.uk",
+        "4242",
+        "123456789",
+        "9012",
+        "abc.DEF",
+        "AKIA1234",
+        "s3cr3t",
+        "sk_live",
+        "eyJ",
+    ):
+        assert leaked not in scrubbed
+    assert scrubbed.startswith("Customer [email] not found. Card [number], account [number]")
+    assert "\n" not in scrubbed
+
+
+def test_usage_source_text_keeps_short_numbers_and_is_cut_to_the_limit() -> None:
+    assert scrub_usage_source_text("HTTP 503 after 30 s, 2026-11-30") == (
+        "HTTP 503 after 30 s, 2026-11-30"
+    )
+    cut = scrub_usage_source_text("x" * 5000)
+    assert len(cut) == 200
+    assert cut.endswith("…")
+
+
+@given(st.text(max_size=3000))
+def test_scrubbed_text_is_one_line_of_at_most_200_characters(text: str) -> None:
+    scrubbed = scrub_usage_source_text(text)
+    assert len(scrubbed) <= 200
+    assert not any(character in scrubbed for character in "\n\r\t")

@@ -1,11 +1,18 @@
-"""The plausible range of a usage value, checked before it reaches Stripe.
+"""What a usage source's answer may carry on: a plausible value, and short, scrubbed text.
 
 Stripe takes any decimal of up to 15 significant digits, negatives included (STRIPE.md,
 "Meter events"), so `-5`, `1e20` or `1e400` from a broken usage source would be billed.
 Negative values are corrections only some products make on purpose; a ceiling says what no
-customer can plausibly use in one period, per meter or for all. Pure: no settings reads.
+customer can plausibly use in one period, per meter or for all.
+
+A usage source's error page ends up in the ledger and the logs as the report's reason; one
+contained a customer's e-mail address (issue 13). `scrub_usage_source_text` keeps the first
+200 characters with e-mail addresses, tokens and long numbers blanked out.
+
+Pure: no settings reads.
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -92,3 +99,36 @@ def _ceiling(number: str, part: str) -> Decimal:
     if not ceiling.is_finite() or ceiling <= 0:
         raise ValueError(f"{part!r}: a ceiling must be a finite number above 0")
     return ceiling
+
+
+ERROR_TEXT_LIMIT = 200
+
+_SCRUBBERS = (
+    # e-mail addresses
+    (re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+"), "[email]"),
+    # Authorization values: "Bearer abc…", "Basic …"
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[\w.~+/=-]+"), r"\1\2[redacted]"),
+    # key=value / "key": "value" secrets
+    (
+        re.compile(
+            r"(?i)\b((?:api[_-]?)?key|token|secret|password|passwd|authorization|credentials?)"
+            r"(\"?\s*[:=]\s*\"?)[^\s\",;&]+"
+        ),
+        r"\1\2[redacted]",
+    ),
+    # JSON web tokens, Stripe-style keys (sk_live_…, rk_test_…, whsec_…)
+    (re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]*"), "[token]"),
+    (re.compile(r"\b(?:sk|rk|pk|whsec)_\w{8,}"), "[token]"),
+    # card, account, phone and other long numbers (9+ digits, spaces or dashes between)
+    (re.compile(r"(?<!\w)\d(?:[ -]?\d){8,}(?!\w)"), "[number]"),
+)
+
+
+def scrub_usage_source_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """`text` from a usage source (an error page, an exception message) made fit for the
+    ledger and logs: one line, e-mail addresses, tokens, secrets and long numbers replaced,
+    at most `limit` characters."""
+    text = " ".join(text[: limit * 10].split())  # one line; enough left to cut to `limit`
+    for pattern, replacement in _SCRUBBERS:
+        text = pattern.sub(replacement, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
