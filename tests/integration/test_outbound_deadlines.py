@@ -1,6 +1,6 @@
 """Every outbound call ends by its deadline, whatever the server does (issue 13, item 4).
 
-Real urllib3 and the stripe SDK against loopback servers that never answer, trickle a
+Real urllib3, stripe SDK and boto3 against loopback servers that never answer, trickle a
 byte at a time or send 50 MB (tests/support/misbehaving_servers.py). A complete trickled
 answer would take minutes; pytest-timeout ends a test that hangs instead of asserting on
 wall-clock durations.
@@ -8,9 +8,13 @@ wall-clock durations.
 
 import json
 import time
+import uuid
 
+import boto3
 import pytest
+from botocore.exceptions import ReadTimeoutError as BotocoreReadTimeout
 
+from meterbridge.adapters.aws_clients import ledger_client_config, worst_case_call_seconds
 from meterbridge.adapters.outbound_http import outbound_deadline
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import (
@@ -226,3 +230,38 @@ def test_the_callers_deadline_caps_stripe_and_stops_the_sdks_retries() -> None:
         ):
             gateway.customer("cus_any")
         assert server.connections == 1
+
+
+# --- DynamoDB: the worker's client config bounds a call against a silent endpoint --------
+
+
+def test_a_ledger_call_against_an_endpoint_that_never_answers_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = ledger_client_config(
+        8, connect_timeout_seconds=0.3, read_timeout_seconds=0.3, max_attempts=2
+    )
+    with MisbehavingServer(silent) as server:
+        client = boto3.client("dynamodb", endpoint_url=server.url, config=config)
+        with pytest.raises(BotocoreReadTimeout):
+            client.get_item(TableName="ledger", Key={"pk": {"S": f"invoice#{uuid.uuid4()}"}})
+        assert len(server.requests) == 2  # the configured attempts, each timed out
+    assert worst_case_call_seconds(config) == pytest.approx(2 * 0.6 + 1)
+
+
+def test_the_worker_config_has_timeouts_standard_retries_and_the_pool_size() -> None:
+    config = ledger_client_config(64)
+    settings = ("connect_timeout", "read_timeout", "retries", "max_pool_connections")
+    assert {name: getattr(config, name) for name in settings} == {
+        "connect_timeout": 1.0,
+        "read_timeout": 2.0,
+        "retries": {"mode": "standard", "total_max_attempts": 3},
+        "max_pool_connections": 64,
+    }
+    assert worst_case_call_seconds(config) == pytest.approx(3 * 3 + 1 + 2)
