@@ -4,7 +4,9 @@ import collections
 
 import pytest
 
+from meterbridge.adapters.outbound_http import outbound_deadline
 from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
+from meterbridge.errors import TransientError
 
 
 class FakeTime:
@@ -140,3 +142,19 @@ def test_a_busy_container_is_back_to_the_limit_soon_after_another_one_stopped_ho
     assert limiter.pauses >= 2  # it backed off while refused
     later = [accepted for at, accepted in outcomes if at >= hogged_until + 2]
     assert sum(later) / 8 >= 0.9 * 25  # then took the limit again within 2 s
+
+
+def test_a_slot_after_the_callers_deadline_is_refused_at_once(time: FakeTime) -> None:
+    """64 threads in line at 1/s: the last would sleep a minute, past the invocation."""
+    limiter = AdaptiveRateLimiter(1, clock=time.clock, sleep=time.sleep)
+    with outbound_deadline(time.now + 2.5):
+        for _ in range(3):  # slots at +0, +1, +2 s
+            limiter.acquire()
+        before = time.now
+        with pytest.raises(TransientError, match="no request slot before the deadline"):
+            limiter.acquire()  # +3 s is past it
+        assert time.now == before  # refused without sleeping
+    assert limiter.refused == 1
+    assert limiter.requests == 3
+    limiter.acquire()  # no deadline: the slot it did not take is still the next one
+    assert 0.5 < time.now - before <= 1.0

@@ -23,8 +23,11 @@ into a 429 storm; one limiter per process spaces the requests instead:
   single 429 (issue 13: 20 reports took 17 s). A second that contains a pause measures
   nothing either (the pause emptied it).
 
-Without a ceiling the rate grows slowly from `initial_rate`. Pure logic: the clock and
-sleep are injected, so it is tested without waiting.
+Without a ceiling the rate grows slowly from `initial_rate`. A request whose slot would
+come after the caller's deadline (`outbound_deadline`) is refused at once with a
+TransientError instead of sleeping past it: at 1 request/s, the 64th thread in line would
+otherwise wait a minute. Pure logic: the clock and sleep are injected, so it is tested
+without waiting.
 """
 
 import collections
@@ -32,6 +35,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
+
+from meterbridge.adapters.outbound_http import caller_deadline
+from meterbridge.errors import TransientError
 
 
 class AdaptiveRateLimiter:
@@ -75,6 +81,7 @@ class AdaptiveRateLimiter:
         self.requests = 0
         self.rate_limited = 0
         self.pauses = 0
+        self.refused = 0  # requests refused because their slot came after the deadline
 
     @property
     def rate(self) -> float:
@@ -90,11 +97,18 @@ class AdaptiveRateLimiter:
         """Wait for this request's slot. A slot handed out before a cut is given up for one
         at the new pace: otherwise every thread already waiting would still fire at the
         overloading pace and meet 429s."""
+        deadline = caller_deadline()
         while True:
             with self._lock:
                 now = self._clock()
                 self._grow(now)
                 slot = max(now, self._next_slot)
+                if deadline is not None and slot > deadline:
+                    self.refused += 1
+                    raise TransientError(
+                        f"meter-event rate limit: no request slot before the deadline (pace"
+                        f" {self._rate:.1f}/s, next slot in {slot - now:.1f} s)"
+                    )
                 self._next_slot = slot + 1.0 / self._rate
                 generation = self._generation
             if slot > now:
