@@ -98,6 +98,14 @@ class MisbehavingServer:
         with contextlib.suppress(OSError):  # the client hung up: the script ends here
             self._script(Connection(sock, self))
 
+    def received(self, count: int, within: float = 5.0) -> int:
+        """How many requests it has read, once `count` arrived or `within` seconds passed
+        (its threads may read a request a moment after the client gave up on it)."""
+        until = time.monotonic() + within
+        while len(self.requests) < count and time.monotonic() < until:
+            time.sleep(0.01)
+        return len(self.requests)
+
     def __enter__(self) -> "MisbehavingServer":
         return self
 
