@@ -47,6 +47,7 @@ from meterbridge.adapters.outbound_http import (
 )
 from meterbridge.domain.usage_limits import scrub_usage_source_text
 from meterbridge.errors import MeterbridgeError, PermanentError, SettingsError, TransientError
+from meterbridge.observability import tracer
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -146,7 +147,11 @@ class HttpUsageSource:
                 "end": query.end,
             }
         )
-        with watched_call(deadline) as call:
+        # requests was patched for X-Ray; this transport records its own subsegment.
+        with (
+            tracer.provider.in_subsegment(self._host or "usage source") as subsegment,
+            watched_call(deadline) as call,
+        ):
             try:
                 answer = self._pools.for_host(self._host, direct=self._loopback).request(
                     "POST",
@@ -159,7 +164,9 @@ class HttpUsageSource:
                     preload_content=False,
                 )
             except HTTPError as error:
+                subsegment.add_exception(error, [])
                 raise self._unreachable(error, call, deadline - started) from error
+            subsegment.put_annotation("http_status", str(answer.status))
             try:
                 status = answer.status
                 if status >= 500 or status in {408, 429}:
