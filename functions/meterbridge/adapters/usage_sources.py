@@ -177,10 +177,10 @@ class HttpUsageSource:
                         " the URL that answers"
                     )
                 if status >= 400 or status < 200:
-                    text = self._read(answer, _ERROR_BODY_BYTES, call, truncate=True)
+                    text = self._read(answer, _ERROR_BODY_BYTES, truncate=True)
                     detail = scrub_usage_source_text(text.decode("utf-8", "replace"))
                     raise PermanentError(f"usage source refused the query ({status}): {detail}")
-                data = self._read(answer, self._max_answer, call, truncate=False)
+                data = self._read(answer, self._max_answer, truncate=False)
             except HTTPError as error:
                 raise self._unreachable(error, call, deadline - started) from error
             finally:
@@ -190,9 +190,7 @@ class HttpUsageSource:
                 raise self._unreachable(None, call, deadline - started)
         return _value_of(data)
 
-    def _read(
-        self, answer: urllib3.BaseHTTPResponse, limit: int, call: WatchedCall, *, truncate: bool
-    ) -> bytes:
+    def _read(self, answer: urllib3.BaseHTTPResponse, limit: int, *, truncate: bool) -> bytes:
         """At most `limit` bytes of the body, read in pieces: more than that is refused
         (or, for an error page, cut) without ever holding it."""
         declared = answer.headers.get("Content-Length", "")
