@@ -9,6 +9,7 @@ import time
 BENCHMARKS = {
     "webhook": "bench.webhook",
     "worker": "bench.worker_throughput",
+    "limiter": "bench.limiter",
     "guard": "bench.guard_correctness",
     "storm": "bench.month_start_storm",
     "scenarios": "bench.scenario_table",

@@ -14,7 +14,6 @@ import collections
 import json
 import os
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,9 +52,6 @@ FAILED_RECORDS: list[int] = []
 V2_CONCURRENCY = int(os.environ.get("BENCH_WORKER_V2_CONCURRENCY", "100"))
 V2_LINGER = os.environ.get("BENCH_WORKER_V2_LINGER", "1.0")
 V2_BATCH = int(os.environ.get("BENCH_WORKER_V2_BATCH", "100"))
-LIMIT = int(os.environ.get("BENCH_METER_EVENT_LIMIT", "20"))
-LIMITED_REPORTS = int(os.environ.get("BENCH_LIMITED_REPORTS", "300"))
-SETTLE_SECONDS = 3.0
 
 
 def _usage(query: UsageQuery) -> object:
@@ -265,50 +261,6 @@ def _table(rows: list[tuple[str, str, int, list[Run], str]]) -> str:
     return "\n".join(lines)
 
 
-def _rate_limited_run(ledger: Ledger) -> dict[str, Any]:
-    world = _world(meter_event_rate_limit=LIMIT)
-    try:
-        worker = _worker(world, 64, ledger, METER_EVENT_RATE=str(LIMIT * 3))
-        limiter = worker.pipeline.stripe.meter_event_limiter
-        event = _records(world.customers, world.price, LIMITED_REPORTS)
-        rounds = 0
-        started = time.time()
-        # The start-up overload (3x the limit) is over within a couple of seconds; what
-        # follows is the pace the limiter holds. Sampled from a timer thread.
-        at_settled: list[tuple[int, int]] = []
-        timer = threading.Timer(
-            SETTLE_SECONDS, lambda: at_settled.append((limiter.rate_limited, limiter.requests))
-        )
-        timer.start()
-        while event["Records"] and rounds < 10:
-            rounds += 1
-            response = handler(event, _Context(), worker=worker)
-            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
-            event = {"Records": [r for r in event["Records"] if r["messageId"] in failed]}
-        timer.cancel()
-        events = [e for e in world.emulator.meter_events() if e["status"] == "accepted"]
-    finally:
-        world.emulator.stop()
-    identifiers = [e["identifier"] for e in events]
-    # The warm-up invocation's few reports are in the emulator's records too: left out.
-    times = sorted(t for t in (float(e["received_at"]) for e in events) if t >= started)
-    settled = [t for t in times if t >= started + SETTLE_SECONDS]
-    limited_early, requests_early = at_settled[0] if at_settled else (0, 0)
-    return {
-        "reports": LIMITED_REPORTS,
-        "rounds": rounds,
-        # n events over the span from the first to the last: n - 1 intervals.
-        "achieved": (len(times) - 1) / (times[-1] - times[0]),
-        "settled": (len(settled) - 1) / (settled[-1] - settled[0]),
-        "rate_limited": limiter.rate_limited,
-        "share": limiter.rate_limited / limiter.requests,
-        "settled_limited": limiter.rate_limited - limited_early,
-        "settled_share": (limiter.rate_limited - limited_early)
-        / max(1, limiter.requests - requests_early),
-        "once": "yes" if len(set(identifiers)) == len(identifiers) >= LIMITED_REPORTS else "NO",
-    }
-
-
 @contextmanager
 def _ledgers() -> Iterator[list[Ledger]]:
     """dynalite first when it is installed (the worker-bound measurement), then moto."""
@@ -417,7 +369,6 @@ def run() -> None:
             ]
             print(f"  v2 stream {_figures(v2_runs)}/s")
             events = slow.emulator.meter_events() + fast.emulator.meter_events()
-            limited = _rate_limited_run(primary)
         finally:
             fast.emulator.stop()
             slow.emulator.stop()
@@ -428,7 +379,6 @@ def run() -> None:
         sequential_runs=sequential_runs,
         v2_runs=v2_runs,
         events=events,
-        limited=limited,
     )
 
 
@@ -440,7 +390,6 @@ def _write(
     sequential_runs: list[Run],
     v2_runs: list[Run],
     events: list[dict[str, Any]],
-    limited: dict[str, Any],
 ) -> None:
     v2_events = [e for e in events if e["source"] == "v2"]
     v2_sizes = sorted(collections.Counter(e["idempotency_key"] for e in v2_events).values())
@@ -558,19 +507,6 @@ process, alternating, during development):
 - The customer is read only with `TENANT_METADATA_KEY` (one Stripe call per report, not
   two; a customer read also counts against Stripe's basic rate limit of 100 requests/s).
 """
-    limited_table = "\n".join(
-        [
-            "| limit | measured over | achieved (accepted events / their time span)"
-            " | achieved / limit | 429 answers | 429 share of requests | sent once each |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
-            f"| {LIMIT}/s | the whole run | {limited['achieved']:.1f}/s"
-            f" | {limited['achieved'] / LIMIT:.0%} | {limited['rate_limited']}"
-            f" | {limited['share']:.1%} | {limited['once']} |",
-            f"| {LIMIT}/s | after the first {SETTLE_SECONDS:.0f} s | {limited['settled']:.1f}/s"
-            f" | {limited['settled'] / LIMIT:.0%} | {limited['settled_limited']}"
-            f" | {limited['settled_share']:.1%} | |",
-        ]
-    )
     body += f"""
 v2 stream: {len(v2_events)} events in {len(v2_sizes)} `meter_event_stream` requests
 (events per request: median {statistics.median(v2_sizes):.0f}, largest {v2_sizes[-1]}); a
@@ -578,25 +514,8 @@ request carries what the batch's threads have ready within `STREAM_LINGER_SECOND
 (here {V2_LINGER} s). v2 saves one Stripe request per report but not the ledger's
 round trips, which dominate the worker's CPU.
 
-### Against Stripe's meter-event rate limit
-
-v1, `BATCH_CONCURRENCY=64`, {limited["reports"]} reports, ledger on {primary.name}, the
-emulator (own process) limiting meter events to {LIMIT}/s (sliding 1 s window) and the worker
-starting at `METER_EVENT_RATE={LIMIT * 3}` (three times too fast); failed records
-redelivered at once until all were sent ({limited["rounds"]} invocations).
-
-{limited_table}
-
-Target: ≥ 90 % of the limit without a 429 storm. The limiter cuts its pace at a 429 to
-0.8 of what Stripe accepted in the last second, returns to 95 % of that within about a
-second and then probes +2 %/s. The 429s cluster in the start-up overload, when 64 threads
-begin at three times the limit and the requests already in flight answer 429 together;
-after it, a 429 marks each probe past the limit. Halving the pace at each cut (the first
-design) measured 84-88 % of the limit. Tried and dropped: estimating the limit per second
-of a run younger than a second (~93 %, but twice the start-up 429s: the emulator, like a
-sliding-window limiter, lets the first second's allowance through as a burst), and cutting
-again at once when a request sent at the new pace is refused (right after such a burst every
-request is refused, so the pace collapsed to under half the limit).
+How the meter-event rate limiter holds Stripe's limit and recovers from a 429: the
+bench:limiter section ("Meter-event rate limiter").
 """
     write_section("worker", body)
     print(body)

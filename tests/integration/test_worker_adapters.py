@@ -141,6 +141,71 @@ def test_dynamodb_source_sums_the_customers_items_inside_the_period(aws: MotoSer
         DynamoDbUsageSource("no-such-table", client).usage(QUERY)
 
 
+def test_dynamodb_source_validation_errors_are_permanent_throttling_transient(
+    aws: MotoServer,
+) -> None:
+    """A usage table keyed differently from the documented schema answers every query with
+    ValidationException: retrying cannot help (it was transient before)."""
+    client = boto3.client("dynamodb")
+    table = f"usage-wrong-keys-{uuid.uuid4().hex[:8]}"
+    client.create_table(
+        TableName=table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    )
+    with pytest.raises(PermanentError, match="ValidationException"):
+        DynamoDbUsageSource(table, client).usage(QUERY)
+
+
+def test_dynamodb_source_gives_up_paging_once_the_deadline_passed(aws: MotoServer) -> None:
+    client = boto3.client("dynamodb")
+    late = UsageQuery(**{**QUERY.__dict__, "deadline": time.monotonic() - 1})
+    with pytest.raises(TransientError, match="deadline passed"):
+        DynamoDbUsageSource("any-table", client).usage(late)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/usage",
+        "http://127.0.0.53/usage",
+        "http://localhost/usage",
+        "http://[::1]:9000/usage",
+        "https://usage.example.com/usage",
+    ],
+)
+def test_usage_source_urls_that_are_allowed(url: str) -> None:
+    source = usage_source_from(url, timeout_seconds=1, token="t", dynamodb=_no_dynamodb)
+    assert isinstance(source, HttpUsageSource)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://usage.example.com/usage",
+        "http://10.0.0.5/usage",
+        "http://127.0.0.1.nip.io/usage",
+        "http:///usage",
+    ],
+)
+def test_plain_http_outside_loopback_is_a_settings_error_naming_usage_source(url: str) -> None:
+    with pytest.raises(SettingsError, match="USAGE_SOURCE"):
+        usage_source_from(url, timeout_seconds=1, token="t", dynamodb=_no_dynamodb)
+
+
+def test_usage_function_errors_are_scrubbed() -> None:
+    def leaky(query: UsageQuery) -> object:
+        raise LookupError(f"no plan for owner jane@example.com, key sk_live_{'x' * 24}")
+
+    with pytest.raises(TransientError) as failed:
+        CallableUsageSource(leaky).usage(QUERY)
+    assert (
+        str(failed.value)
+        == "usage function failed: LookupError: no plan for owner [email], key [token]"
+    )
+
+
 def test_python_source_and_bad_references() -> None:
     source = usage_source_from(
         "python://tests.support.worker:usage", timeout_seconds=1, token=None, dynamodb=_no_dynamodb
@@ -248,7 +313,8 @@ def test_a_timed_out_meter_event_is_retried_under_its_idempotency_key_and_counte
     identifier = f"mb1-timeout-{uuid.uuid4().hex}"
     emulator.set_faults(latency_seconds=0.4, fault_paths=("/v1/billing/meter_events",))
     try:
-        with pytest.raises(TransientError, match="ReadTimeoutError"):
+        # Whichever ends the attempt first: urllib3's read timeout or the total deadline.
+        with pytest.raises(TransientError, match=r"ReadTimeoutError|DeadlineExceeded"):
             gateway.create_meter_event(
                 event_name=meter["event_name"],
                 payload={"stripe_customer_id": customer["id"], "value": "5"},
