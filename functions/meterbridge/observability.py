@@ -10,11 +10,11 @@ METRICS_NAMESPACE = "Meterbridge"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
-# Every call meterbridge makes leaves through botocore (SQS, DynamoDB, Secrets Manager),
-# requests (HTTP usage source) or the stripe transport, which records its own subsegment
-# (adapters/stripe_http.py); patching only the first two skips importing and wrapping the
-# rest of the X-Ray SDK's list (sqlite3, http.client, …) at every cold start.
-tracer = Tracer(service=SERVICE, patch_modules=("botocore", "requests"))
+# Every call meterbridge makes leaves through botocore (SQS, DynamoDB, Secrets Manager) or
+# one of its own urllib3 transports (Stripe, the HTTP usage source), which record their own
+# subsegments (adapters/stripe_http.py, adapters/usage_sources.py); patching only botocore
+# skips importing and wrapping the rest of the X-Ray SDK's list at every cold start.
+tracer = Tracer(service=SERVICE, patch_modules=("botocore",))
 
 _metrics_lock = threading.Lock()
 

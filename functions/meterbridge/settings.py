@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from meterbridge.domain.usage_limits import parse_usage_value_ceilings
 from meterbridge.errors import SettingsError
 
 DEFAULT_ACCEPTED_EVENT_TYPES = frozenset(
@@ -99,6 +100,15 @@ class WorkerSettings(StripeCredentialSettings):
     usage_source: str = Field(alias="USAGE_SOURCE", min_length=1)
     usage_source_token: str | None = Field(None, alias="USAGE_SOURCE_TOKEN", repr=False)
     usage_source_timeout_seconds: float = Field(5.0, alias="USAGE_SOURCE_TIMEOUT_SECONDS", gt=0)
+    # A larger answer fails the report permanently, read without holding it in memory.
+    usage_source_max_answer_bytes: int = Field(
+        65_536, alias="USAGE_SOURCE_MAX_ANSWER_BYTES", ge=1024
+    )
+    # Usage values above it are refused (docs/configuration.md): `1e12` for every meter, or
+    # `api_requests=1e9,*=1e12` per meter event name. The default is the largest integer
+    # Stripe's 15 significant digits can carry; empty: no ceiling.
+    usage_value_ceiling: str = Field("1e15", alias="USAGE_VALUE_CEILING")
+    allow_negative_usage: bool = Field(False, alias="ALLOW_NEGATIVE_USAGE")
     tenant_metadata_key: str | None = Field(None, alias="TENANT_METADATA_KEY")
     # Empty: every draft with a metered line, but domain.eligibility's excluded reasons.
     billing_reasons: CommaSeparated = Field(frozenset(), alias="BILLING_REASONS")
@@ -135,6 +145,12 @@ class WorkerSettings(StripeCredentialSettings):
     def _empty_means_unset(cls, value: Any) -> Any:
         """SAM passes unset parameters as empty strings."""
         return None if value == "" else value
+
+    @field_validator("usage_value_ceiling")
+    @classmethod
+    def _ceilings_parse(cls, value: str) -> str:
+        parse_usage_value_ceilings(value)  # its ValueError names the part that is wrong
+        return value
 
     @field_validator("meter_event_api", "invoice_guard", mode="before")
     @classmethod

@@ -546,6 +546,8 @@ def test_reports_not_started_before_the_invocation_ends_are_left_for_the_retry(
     invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
     enqueue(queue_url, invoice_created(invoice))
     worker = make_worker(emulator, ledger_table, queue_url)
+    worker.pipeline.stripe.price(setup["price"]["id"])  # warm: planning reads no Stripe
+    worker.pipeline.stripe.meter(setup["meter"]["id"])
     identifier = identifier_of(invoice)
 
     # A few milliseconds left: no report may start, or Lambda would kill it mid-send.

@@ -186,3 +186,47 @@ def test_count_meters_are_refused_once_and_never_retried(world: UnitWorld) -> No
     assert record.status is InvoiceStatus.FAILED
     assert "'count'" in str(record.reason)
     assert "logins" in str(record.reason)
+
+
+@pytest.mark.parametrize(
+    ("usage", "reason"),
+    [
+        ("-5", "is negative"),
+        ("1e400", "above its ceiling"),
+        ("1e20", "above its ceiling"),
+        ("NaN", "not finite"),
+    ],
+)
+def test_implausible_usage_never_reaches_stripe(world: UnitWorld, usage: str, reason: str) -> None:
+    world.set_usage(usage)
+    with pytest.raises(PermanentError, match=reason):
+        world.created(world.draft())
+    assert world.stripe.sent == []
+    report = world.ledger.report(world.identifier())
+    assert report is not None
+    assert report.failure_class is FailureClass.PERMANENT
+    assert reason in str(report.last_error)
+
+
+def test_the_usage_ceiling_and_negative_usage_are_configurable() -> None:
+    world = UnitWorld(
+        env={
+            "INVOICE_GUARD": "off",
+            "USAGE_VALUE_CEILING": "api_calls=100,*=1e12",
+            "ALLOW_NEGATIVE_USAGE": "true",
+        }
+    )
+    world.set_usage("101")
+    with pytest.raises(PermanentError, match="ceiling 100"):
+        world.created(world.draft())
+    other = UnitWorld(env={"INVOICE_GUARD": "off", "ALLOW_NEGATIVE_USAGE": "true"})
+    other.set_usage("-5")  # a credit the product means
+    other.created(other.draft())
+    assert [sent.value for sent in other.stripe.sent] == [Decimal(-5)]
+
+
+def test_a_bad_ceiling_setting_is_named() -> None:
+    from meterbridge.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="USAGE_VALUE_CEILING"):
+        UnitWorld(env={"USAGE_VALUE_CEILING": "api_calls=lots"}).pipeline  # noqa: B018

@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, ServicePeriod
+from meterbridge.domain.usage_limits import scrub_usage_source_text
 from meterbridge.errors import PermanentError
 
 IDENTIFIER_MAX_LENGTH = 100  # Stripe's limit on meter event identifiers
@@ -103,19 +104,21 @@ def check_resend(identifier: str, send_started_at: int | None, now: int) -> None
 
 
 def usage_value(raw: object) -> Decimal:
-    """A usage source's answer as a Stripe meter value: finite, ≤ 15 significant digits."""
+    """A usage source's answer as a Stripe meter value: finite, ≤ 15 significant digits.
+    What the source answered is quoted scrubbed and cut short: it reaches the ledger."""
+    shown = scrub_usage_source_text(repr(raw), 60)
     if isinstance(raw, bool) or not isinstance(raw, str | int | float | Decimal):
-        raise InvalidUsageValue(f"usage value {raw!r} is not a decimal number")
+        raise InvalidUsageValue(f"usage value {shown} is not a decimal number")
     try:
         value = Decimal(str(raw).strip())
     except InvalidOperation:
-        raise InvalidUsageValue(f"usage value {raw!r} is not a decimal number") from None
+        raise InvalidUsageValue(f"usage value {shown} is not a decimal number") from None
     if not value.is_finite():
-        raise InvalidUsageValue(f"usage value {raw!r} is not finite")
+        raise InvalidUsageValue(f"usage value {shown} is not finite")
     digits = len(value.normalize().as_tuple().digits) if value else 1
     if digits > MAX_SIGNIFICANT_DIGITS:
         raise InvalidUsageValue(
-            f"usage value {raw!r} has {digits} significant digits; Stripe accepts at most"
+            f"usage value {shown} has {digits} significant digits; Stripe accepts at most"
             f" {MAX_SIGNIFICANT_DIGITS}"
         )
     return value

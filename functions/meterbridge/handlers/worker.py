@@ -24,6 +24,11 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from meterbridge.adapters.aws_clients import (
+    LEDGER_CONNECT_TIMEOUT_SECONDS,
+    LEDGER_READ_TIMEOUT_SECONDS,
+)
+from meterbridge.adapters.outbound_http import outbound_deadline
 from meterbridge.domain.retries import backoff_seconds
 from meterbridge.errors import PermanentError
 from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, EventEnvelope, read_body, read_confirm
@@ -80,25 +85,35 @@ class Worker:
         """Powertools' AsyncBatchProcessor (its public API) runs the records concurrently;
         each record's blocking work runs in the container's thread pool, at most
         `concurrency` at a time."""
-        deadline = self._deadline(context)
+        deadline, hard_deadline = self._deadlines(context)
+
+        def work(record: SQSRecord) -> str:
+            # Every Stripe and usage-source call of this record ends by the hard deadline.
+            with outbound_deadline(hard_deadline):
+                return self.handle_record(record, deadline)
 
         async def handle(record: SQSRecord) -> str:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self.handle_record, record, deadline)
+            return await loop.run_in_executor(self._pool, work, record)
 
         processor = AsyncBatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)
         with processor(records=event.get("Records", []), handler=handle):
             processor.async_process()
         return processor.response()
 
-    def _deadline(self, context: LambdaContext | None) -> float | None:
-        """When reports must stop starting; reports left over fail transiently and their
-        retry skips what was sent. Half the remaining time at least, so work goes on."""
+    def _deadlines(self, context: LambdaContext | None) -> tuple[float | None, float | None]:
+        """(when reports must stop starting, when every outbound call must have ended).
+
+        Reports left over fail transiently and their retry skips what was sent; the first
+        deadline leaves half the remaining time at least, so work goes on. The second leaves
+        one ledger call's worth (to record the outcome) before Lambda's own timeout."""
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         if remaining_ms is None:
-            return None
-        remaining = float(remaining_ms()) / 1000
-        return time.monotonic() + max(remaining - self.time_margin_seconds, remaining / 2)
+            return None, None
+        now, remaining = time.monotonic(), float(remaining_ms()) / 1000
+        soft = now + max(remaining - self.time_margin_seconds, remaining / 2)
+        hard = now + remaining - LEDGER_CONNECT_TIMEOUT_SECONDS - LEDGER_READ_TIMEOUT_SECONDS - 1
+        return soft, max(hard, soft)
 
     def handle_record(self, record: SQSRecord, deadline: float | None = None) -> str:
         attempt = int(record.attributes.approximate_receive_count or 1)

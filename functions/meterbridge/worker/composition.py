@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from botocore.config import Config
 
+from meterbridge.adapters.aws_clients import ledger_client_config
 from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.queue import SqsQueue
 from meterbridge.adapters.secrets import EnvironmentSecrets, secret_source
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageSource, usage_source_from
 from meterbridge.domain.guard import GuardMode
+from meterbridge.domain.usage_limits import parse_usage_value_ceilings
 from meterbridge.errors import SettingsError
 from meterbridge.observability import logger
 from meterbridge.settings import WorkerSettings, load_settings
@@ -33,7 +34,7 @@ from meterbridge.worker.reconciliation import InvoiceReconciliation
 from meterbridge.worker.reporting import InvoiceReporting
 from meterbridge.worker.sending import ReportSender
 from meterbridge.worker.subscription_changes import SubscriptionChanges
-from meterbridge.worker.usage import UsageReader
+from meterbridge.worker.usage import UsageLimits, UsageReader
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,9 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
     if not secrets.api_key:
         raise SettingsError("the Stripe secret has no api_key")
     if dynamodb is None:
-        # Parameter validation off: the ledger builds every request itself, and DynamoDB
-        # validates them anyway; botocore's check cost ~10 % of the worker's CPU per report.
-        config = Config(
-            max_pool_connections=max(10, settings.batch_concurrency * 2),
-            parameter_validation=False,
-        )
+        # Connect and read timeouts, three attempts: a ledger call never outlives the
+        # invocation (adapters/aws_clients.py).
+        config = ledger_client_config(max(10, settings.batch_concurrency * 2))
         dynamodb = boto3.client("dynamodb", config=config)
     ledger = DynamoDbLedger(settings.ledger_table, dynamodb)
     stripe = StripeGateway(
@@ -126,6 +124,8 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
         timeout_seconds=settings.usage_source_timeout_seconds,
         token=secrets.usage_source_token,
         dynamodb=lambda: dynamodb,
+        max_answer_bytes=settings.usage_source_max_answer_bytes,
+        pool_size=settings.batch_concurrency,
     )
     queue = SqsQueue(settings.queue_url, attempts=3) if settings.queue_url else None
     return Dependencies(
@@ -165,7 +165,11 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
     )
     stripe, ledger, clock = dependencies.stripe, dependencies.ledger, dependencies.clock
     invoices = InvoiceReader(stripe)
-    usage = UsageReader(dependencies.usage_source, stripe, settings.tenant_metadata_key)
+    limits = UsageLimits(
+        ceilings=parse_usage_value_ceilings(settings.usage_value_ceiling),
+        allow_negative=settings.allow_negative_usage,
+    )
+    usage = UsageReader(dependencies.usage_source, stripe, settings.tenant_metadata_key, limits)
     planner = InvoicePlanner(stripe, invoices, reporting_policy)
     sender = ReportSender(ledger, stripe, usage, reporting_policy, clock)
     hold = DraftHold(stripe, ledger, invoices, guard_policy)

@@ -1,7 +1,7 @@
 """Reading usage: the usage source's value for one customer, meter and service period."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -9,6 +9,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from meterbridge.adapters.usage_sources import UsageQuery, UsageSource
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import PlannedReport, meter_event_timestamp, usage_value
+from meterbridge.domain.usage_limits import UsageValueCeilings, check_usage_value
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.observability import count
 from meterbridge.worker.ports import Stripe
@@ -32,11 +33,26 @@ class Unmeasured:
 Measurement = Measured | Unmeasured
 
 
+@dataclass(frozen=True)
+class UsageLimits:
+    """The range a report's usage value must fall in (domain/usage_limits.py)."""
+
+    ceilings: UsageValueCeilings = field(default_factory=UsageValueCeilings)
+    allow_negative: bool = False
+
+
 class UsageReader:
-    def __init__(self, source: UsageSource, stripe: Stripe, tenant_metadata_key: str | None):
+    def __init__(
+        self,
+        source: UsageSource,
+        stripe: Stripe,
+        tenant_metadata_key: str | None,
+        limits: UsageLimits | None = None,
+    ):
         self._source = source
         self._stripe = stripe
         self._tenant_key = tenant_metadata_key
+        self._limits = limits or UsageLimits()
 
     def tenant(self, customer_id: str) -> str | None:
         """With TENANT_METADATA_KEY, the customer's tenant (PermanentError if it has none).
@@ -62,8 +78,17 @@ class UsageReader:
         return str(tenant)
 
     def read(self, plan: PlannedReport, tenant: str | None) -> Decimal:
-        """The usage source's value for one planned report, now."""
-        return self._query(plan.customer_id, tenant, plan.meter.event_name, plan.period)
+        """The usage source's value for one planned report, now, within the meter's range:
+        nothing implausible reaches Stripe."""
+        value = self._query(plan.customer_id, tenant, plan.meter.event_name, plan.period)
+        name = plan.meter.event_name
+        check_usage_value(
+            value,
+            meter_event_name=name,
+            ceiling=self._limits.ceilings.for_meter(name),
+            allow_negative=self._limits.allow_negative,
+        )
+        return value
 
     def measure(
         self, plan: PlannedReport, tenant: str | None, now: int, value: Decimal | None = None
