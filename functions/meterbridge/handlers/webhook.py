@@ -75,7 +75,8 @@ def handler(
     try:
         method, body, signature = raw_request(event)
     except (binascii.Error, ValueError):
-        reply = Reply(400, Outcome.MALFORMED, {"error": "body is not valid base64"})
+        # Invalid base64, or body text with lone surrogates, which has no UTF-8 bytes.
+        reply = Reply(400, Outcome.MALFORMED, {"error": "body is not valid base64 or UTF-8"})
     else:
         if method and method != "POST":
             metrics.add_metric(name="MethodNotAllowed", unit=MetricUnit.Count, value=1)
