@@ -175,7 +175,7 @@ class MemoryQueue:
 
 def warm_child(calls: int, result_path: str) -> None:
     """Child side of the warm run: real handler, real verifier, in-memory queue."""
-    from meterbridge.adapters.secrets import secret_source
+    from meterbridge.adapters.secrets import webhook_secret_source
     from meterbridge.adapters.signature import StripeSignatureVerifier
     from meterbridge.handlers import webhook
     from meterbridge.intake import Intake
@@ -185,7 +185,7 @@ def warm_child(calls: int, result_path: str) -> None:
     queue = MemoryQueue()
     intake = Intake(
         verifier=StripeSignatureVerifier(
-            secret_source(settings), settings.signature_tolerance_seconds
+            webhook_secret_source(settings), settings.signature_tolerance_seconds
         ),
         queue=queue,
         accepted_event_types=settings.accepted_event_types,
@@ -370,7 +370,7 @@ handlers; it is a deployment setting, not applied here.
 
 VARIANT_TITLES = {
     "env": "local secret (`STRIPE_WEBHOOK_SECRET`)",
-    "secrets_manager": "Secrets Manager (`STRIPE_SECRET_ARN`, deployed path)",
+    "secrets_manager": "Secrets Manager (`STRIPE_WEBHOOK_SECRET_ARN`, deployed path)",
 }
 
 
@@ -507,7 +507,13 @@ def run() -> None:
                 **lambda_environment(xray, scratch),
             }
             local = {**base, "STRIPE_WEBHOOK_SECRET": f"{OLD_SECRET},{SECRET}"}
-            deployed = {**base, "STRIPE_SECRET_ARN": secret_arn}
+            # meterbridge reads STRIPE_WEBHOOK_SECRET_ARN (its own secret, as deployed); the
+            # naive handler reads the same secret through STRIPE_SECRET_ARN.
+            deployed = {
+                **base,
+                "STRIPE_WEBHOOK_SECRET_ARN": secret_arn,
+                "STRIPE_SECRET_ARN": secret_arn,
+            }
 
             warm = [run_warm("Lambda-like, X-Ray tracing on (sampled)", local)]
             print(_warm_line(warm[-1]), flush=True)

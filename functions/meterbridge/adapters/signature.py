@@ -40,8 +40,9 @@ class StripeSignatureVerifier:
         if not webhook_secrets:
             # Our misconfiguration, not Stripe's fault: fail loudly (5xx) so Stripe retries.
             raise SettingsError(
-                "no webhook secret configured: set webhook_secrets in the Stripe secret"
-                " (STRIPE_SECRET_ARN) or STRIPE_WEBHOOK_SECRET"
+                "no webhook secret configured: set webhook_secrets in the webhook's secret"
+                " (STRIPE_WEBHOOK_SECRET_ARN, or STRIPE_SECRET_ARN when one secret serves both)"
+                " or STRIPE_WEBHOOK_SECRET"
             )
         last_error = "no secret matched"
         for secret in webhook_secrets:
