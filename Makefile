@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov lives in a venv of its own (its pins never meet the project's) and runs offline
+# (--skip-download) from tests/infrastructure/test_checkov.py; `make test` requires it.
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_VERSION := 3.3.30
 
 .PHONY: install demo local test lint typecheck unit bench clean
 
@@ -29,8 +34,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/pytest
+test: lint typecheck $(CHECKOV)
+	MB_REQUIRE_CHECKOV=1 $(BIN)/pytest
 
 # The worker benchmark also measures its ledger on dynalite (DynamoDB API on Node.js),
 # installed with npm into .bench/node; without npm it measures on moto only.
@@ -45,4 +50,26 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis $(CHECKOV_VENV)
+
+# --- Template security checks, docs from code, deploy (README "Security", "Deploy") --------
+
+.PHONY: checkov docs deploy
+
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+
+checkov: $(STAMP) $(CHECKOV)
+	MB_REQUIRE_CHECKOV=1 $(BIN)/pytest -q tests/infrastructure/test_checkov.py
+
+# README.md's parameter table and docs/configuration.md, from template.yaml and settings.py.
+docs: $(STAMP)
+	$(BIN)/python scripts/generate_docs.py
+
+# From a clone to a stack: the AWS SAM CLI, AWS credentials and python3.13 (the functions'
+# runtime) on PATH; samconfig.toml names the stack and answers all but the parameters.
+deploy:
+	@command -v sam >/dev/null || { echo "make deploy needs the AWS SAM CLI (sam): https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html"; exit 2; }
+	sam build
+	sam deploy --guided
