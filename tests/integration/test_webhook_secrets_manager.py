@@ -79,8 +79,8 @@ def secrets_read() -> Iterator[list[str]]:
     session (every client they build comes from it, adapters/aws_clients.py)."""
     seen: list[str] = []
 
-    def record(params: dict[str, Any], **_: Any) -> None:
-        seen.append(params["SecretId"])
+    def record(**kwargs: Any) -> None:
+        seen.append(kwargs["params"]["SecretId"])
 
     session = aws_clients._session()
     event = "provide-client-params.secrets-manager.GetSecretValue"
