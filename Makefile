@@ -13,6 +13,11 @@ STAMP := $(VENV)/.installed-python$(RUNTIME)
 UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' uv.lock)
 # uv must use the Python found here, never download one.
 export UV_PYTHON_DOWNLOADS := never
+# checkov lives in a venv of its own (its pins never meet the project's) and runs offline
+# (--skip-download) from tests/infrastructure/test_checkov.py; `make test` requires it.
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_VERSION := 3.3.30
 
 .PHONY: install demo local test lint typecheck unit bench lock build check-build clean
 
@@ -44,8 +49,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/pytest
+test: lint typecheck $(CHECKOV)
+	MB_REQUIRE_CHECKOV=1 $(BIN)/pytest
 
 # Refresh every pin to the newest release the bounds in pyproject.toml allow, then write
 # what `sam build` installs (runtime dependencies only, with hashes) and aws-sam-cli's own pins.
@@ -89,4 +94,27 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .bench .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .bench .pytest_cache .mypy_cache \
+		.ruff_cache .hypothesis
+
+# --- Template security checks, docs from code, deploy (README "Security", "Deploy") --------
+
+.PHONY: checkov docs deploy
+
+$(CHECKOV):
+	@test -n "$(PYTHON)"
+	@[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+
+checkov: $(STAMP) $(CHECKOV)
+	MB_REQUIRE_CHECKOV=1 $(BIN)/pytest -q tests/infrastructure/test_checkov.py
+
+# README.md's parameter table and docs/configuration.md, from template.yaml and settings.py.
+docs: $(STAMP)
+	$(BIN)/python scripts/generate_docs.py
+
+# From a clone to a stack: `make build` (the project's own aws-sam-cli and Python), then a
+# guided deploy; samconfig.toml names the stack and answers all but the parameters. Needs
+# AWS credentials.
+deploy: build
+	PATH="$(dir $(PYTHON)):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) deploy --guided

@@ -5,6 +5,7 @@ queue that is unsigned, stale, malformed or of a type nobody handles.
 """
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -74,7 +75,8 @@ class Intake:
                 detail=str(exc),
             )
 
-        envelope = _parse_envelope(body)
+        text = body.decode("utf-8")  # verification already proved it is UTF-8
+        envelope = _parse_envelope(text)
         if envelope is None:
             return Reply(400, Outcome.MALFORMED, {"error": "body is not a Stripe event"})
         if envelope.type not in self._accepted:
@@ -82,7 +84,6 @@ class Intake:
                 200, Outcome.IGNORED, {"status": "ignored", "type": envelope.type}, envelope
             )
 
-        text = body.decode("utf-8")  # verification already proved it is UTF-8
         attributes = message_attributes(envelope, "event")
         outcome = Outcome.QUEUED
         if message_size(text, attributes) > self._queue_max_message_bytes:
@@ -109,14 +110,37 @@ class Intake:
         return Reply(200, outcome, {"status": "queued", "id": envelope.id}, envelope)
 
 
-def _parse_envelope(body: bytes) -> EventEnvelope | None:
+# What Stripe puts in an event's id, type, object id and API version: printable ASCII, at
+# most 255 characters. These travel as SQS message attributes, log keys and ledger keys;
+# anything else (a lone surrogate, which cannot even be encoded to UTF-8, a 200 KB id
+# that would push the envelope past the queue's size limit) is a body we cannot route.
+_ROUTABLE_TEXT = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _parse_envelope(text: str) -> EventEnvelope | None:
+    """The envelope of a verified body, or None when it is not a Stripe event we can route.
+
+    Parsed from the decoded text, the exact text that is queued: json.loads on bytes would
+    guess UTF-16/32 from NUL bytes and could read something else than what is sent on.
+    """
     try:
-        document = json.loads(body)
-    except ValueError:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        # RecursionError: a signed nesting bomb ([[[[…). ValueError also covers numbers
+        # with more digits than int() converts.
         return None
     if not isinstance(document, dict):
         return None
     try:
-        return EventEnvelope.from_event(document)
+        envelope = EventEnvelope.from_event(document)
     except ValidationError:
         return None
+    return envelope if _routable(envelope) else None
+
+
+def _routable(envelope: EventEnvelope) -> bool:
+    created = envelope.created if isinstance(envelope.created, str) else None
+    optional = (envelope.object_id, envelope.object_type, envelope.api_version, created)
+    return all(_ROUTABLE_TEXT.fullmatch(value) for value in (envelope.id, envelope.type)) and all(
+        value is None or _ROUTABLE_TEXT.fullmatch(value) for value in optional
+    )

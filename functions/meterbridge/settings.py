@@ -59,35 +59,101 @@ def load_settings(model: type[SettingsModel], environ: Mapping[str, str]) -> Set
 
 
 class StripeCredentialSettings(BaseModel):
-    """Where Stripe secrets come from: Secrets Manager in AWS, environment variables locally."""
+    """Where Stripe secrets come from: Secrets Manager in AWS, environment variables locally.
+
+    Each function's model adds only the variables it reads: the worker the API key, the
+    webhook the signing secrets (README, "Security": neither can read the other's).
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    stripe_secret_arn: str | None = Field(None, alias="STRIPE_SECRET_ARN")
-    stripe_api_key: str | None = Field(None, alias="STRIPE_API_KEY", repr=False)
-    stripe_webhook_secret: CommaSeparated = Field(
-        frozenset(), alias="STRIPE_WEBHOOK_SECRET", repr=False
+    stripe_secret_arn: str | None = Field(
+        None,
+        alias="STRIPE_SECRET_ARN",
+        description=(
+            'Secrets Manager secret (AWS) holding the Stripe API key: JSON `{"api_key":'
+            ' "rk_…", "usage_source_token": "…"}` (`usage_source_token` optional).'
+            " The webhook reads its `webhook_secrets` from here only when"
+            " `STRIPE_WEBHOOK_SECRET_ARN` is unset (one secret for both functions, the layout"
+            " before the split)."
+        ),
     )
-    secret_max_age_seconds: int = Field(300, alias="SECRET_MAX_AGE_SECONDS", ge=0)
+    secret_max_age_seconds: int = Field(
+        300,
+        alias="SECRET_MAX_AGE_SECONDS",
+        ge=0,
+        description=(
+            "How long a secret read from Secrets Manager is cached before it is read again"
+            " (webhook secret rotation; the worker reads its key once per cold start)."
+        ),
+    )
 
 
 class WebhookSettings(StripeCredentialSettings):
     """The webhook function: verify, filter, enqueue."""
 
-    queue_url: str = Field(alias="QUEUE_URL", min_length=1)
-    accepted_event_types: CommaSeparated = Field(
-        DEFAULT_ACCEPTED_EVENT_TYPES, alias="ACCEPTED_EVENT_TYPES", min_length=1
+    stripe_webhook_secret_arn: str | None = Field(
+        None,
+        alias="STRIPE_WEBHOOK_SECRET_ARN",
+        description=(
+            "Secrets Manager secret (AWS) holding only the webhook signing secrets: JSON"
+            ' `{"webhook_secrets": ["whsec_…"]}`, several while a secret is rolled (any'
+            " one verifies). The webhook's role can read this secret and no other. One of this,"
+            " `STRIPE_SECRET_ARN` or `STRIPE_WEBHOOK_SECRET` is required."
+        ),
     )
-    max_body_bytes: int = Field(1_048_576, alias="MAX_BODY_BYTES", gt=0)
-    # The queue's MaximumMessageSize (template.yaml sets it); larger events travel as envelopes.
-    queue_max_message_bytes: int = Field(262_144, alias="QUEUE_MAX_MESSAGE_BYTES", ge=1024)
-    signature_tolerance_seconds: int = Field(300, alias="SIGNATURE_TOLERANCE_SECONDS", gt=0)
+    stripe_webhook_secret: CommaSeparated = Field(
+        frozenset(),
+        alias="STRIPE_WEBHOOK_SECRET",
+        repr=False,
+        description="Signing secret(s) for local runs, comma-separated while rolling a secret.",
+    )
+    queue_url: str = Field(
+        alias="QUEUE_URL",
+        min_length=1,
+        description="The event queue accepted events are sent to.",
+    )
+    accepted_event_types: CommaSeparated = Field(
+        DEFAULT_ACCEPTED_EVENT_TYPES,
+        alias="ACCEPTED_EVENT_TYPES",
+        min_length=1,
+        description=(
+            "Comma-separated Stripe event types that are queued; others get 200"
+            ' `{"status": "ignored"}`.'
+        ),
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        alias="MAX_BODY_BYTES",
+        gt=0,
+        description="Larger bodies get 413 before any verification.",
+    )
+    # The queue's MaximumMessageSize (template.yaml sets it); larger events are envelopes.
+    queue_max_message_bytes: int = Field(
+        262_144,
+        alias="QUEUE_MAX_MESSAGE_BYTES",
+        ge=1024,
+        description=(
+            "The queue's `MaximumMessageSize`; larger events are queued as their envelope (id,"
+            " type, object id) and fetched from Stripe by the worker."
+        ),
+    )
+    signature_tolerance_seconds: int = Field(
+        300,
+        alias="SIGNATURE_TOLERANCE_SECONDS",
+        gt=0,
+        description="Oldest accepted `Stripe-Signature` timestamp, in seconds (Stripe's default).",
+    )
 
     @model_validator(mode="after")
     def _needs_a_webhook_secret_source(self) -> "WebhookSettings":
-        if not self.stripe_secret_arn and not self.stripe_webhook_secret:
+        if not (
+            self.stripe_webhook_secret_arn or self.stripe_secret_arn or self.stripe_webhook_secret
+        ):
             raise ValueError(
-                "set STRIPE_SECRET_ARN (Secrets Manager) or STRIPE_WEBHOOK_SECRET (local runs)"
+                "set STRIPE_WEBHOOK_SECRET_ARN (Secrets Manager: the webhook's own secret),"
+                " STRIPE_SECRET_ARN (one secret for both functions) or STRIPE_WEBHOOK_SECRET"
+                " (local runs)"
             )
         return self
 
@@ -95,50 +161,308 @@ class WebhookSettings(StripeCredentialSettings):
 class WorkerSettings(StripeCredentialSettings):
     """The worker function: invoice.created → usage → meter events, recorded in the ledger."""
 
-    ledger_table: str = Field(alias="LEDGER_TABLE", min_length=1)
-    queue_url: str | None = Field(None, alias="QUEUE_URL")  # for visibility back-off
-    usage_source: str = Field(alias="USAGE_SOURCE", min_length=1)
-    usage_source_token: str | None = Field(None, alias="USAGE_SOURCE_TOKEN", repr=False)
-    usage_source_timeout_seconds: float = Field(5.0, alias="USAGE_SOURCE_TIMEOUT_SECONDS", gt=0)
-    # A larger answer fails the report permanently, read without holding it in memory.
-    usage_source_max_answer_bytes: int = Field(
-        65_536, alias="USAGE_SOURCE_MAX_ANSWER_BYTES", ge=1024
+    stripe_api_key: str | None = Field(
+        None,
+        alias="STRIPE_API_KEY",
+        repr=False,
+        description=(
+            "Stripe key for local runs (`sk_test_…` or a restricted `rk_test_…`). One of this or"
+            " `STRIPE_SECRET_ARN` is required."
+        ),
     )
-    # Usage values above it are refused (docs/configuration.md): `1e12` for every meter, or
-    # `api_requests=1e9,*=1e12` per meter event name. The default is the largest integer
-    # Stripe's 15 significant digits can carry; empty: no ceiling.
-    usage_value_ceiling: str = Field("1e15", alias="USAGE_VALUE_CEILING")
-    allow_negative_usage: bool = Field(False, alias="ALLOW_NEGATIVE_USAGE")
-    tenant_metadata_key: str | None = Field(None, alias="TENANT_METADATA_KEY")
-    # Empty: every draft with a metered line, but domain.eligibility's excluded reasons.
-    billing_reasons: CommaSeparated = Field(frozenset(), alias="BILLING_REASONS")
-    meter_event_names: CommaSeparated = Field(frozenset(), alias="METER_EVENT_NAMES")
-    report_zero_usage: bool = Field(True, alias="REPORT_ZERO_USAGE")
-    grace_period_seconds: int = Field(3600, alias="GRACE_PERIOD_SECONDS", ge=0, le=259_200)
-    meter_event_api: Literal["v1", "v2"] = Field("v1", alias="METER_EVENT_API")
-    stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
-    stripe_timeout_seconds: float = Field(10.0, alias="STRIPE_TIMEOUT_SECONDS", gt=0)
-    stripe_max_network_retries: int = Field(2, alias="STRIPE_MAX_NETWORK_RETRIES", ge=0, le=10)
-    stripe_rate_limit_retries: int = Field(3, alias="STRIPE_RATE_LIMIT_RETRIES", ge=0, le=10)
+    ledger_table: str = Field(
+        alias="LEDGER_TABLE",
+        min_length=1,
+        description="DynamoDB ledger table (schema in `functions/meterbridge/adapters/ledger.py`).",
+    )
+    queue_url: str | None = Field(
+        None,
+        alias="QUEUE_URL",
+        description=(
+            "The event queue; needed to push a failed message's retry out (visibility back-off)"
+            " and for the invoice guard's delayed checks. Unset = SQS's own visibility timeout."
+        ),
+    )
+    usage_source: str = Field(
+        alias="USAGE_SOURCE",
+        min_length=1,
+        description=(
+            '`https://…`/`http://…` (POST JSON `{"customer","tenant","meter","start",'
+            '"end"}` → `{"value":"<decimal>"}`), `dynamodb://TABLE` (items `customer` S'
+            " hash, `usage_key` S range = `<meter event name>#<unix seconds, 10 digits>#<unique>`,"
+            " `value` N), or `python://module:function` (called with a `UsageQuery`). `meter` is"
+            " the meter's event name; `[start, end)` the line's service period. The template sets"
+            " `dynamodb://TABLE` from `UsageSource=dynamodb://` and `UsageTableName=TABLE`, the"
+            " same name it grants read access to."
+        ),
+    )
+    usage_source_token: str | None = Field(
+        None,
+        alias="USAGE_SOURCE_TOKEN",
+        repr=False,
+        description=(
+            "Bearer token for an HTTP usage source, local runs (in AWS: `usage_source_token` in"
+            " the `STRIPE_SECRET_ARN` secret)."
+        ),
+    )
+    usage_source_timeout_seconds: float = Field(
+        5.0,
+        alias="USAGE_SOURCE_TIMEOUT_SECONDS",
+        gt=0,
+        description=(
+            "HTTP usage source timeout; a timeout is a transient failure (retried). With"
+            " `STRIPE_TIMEOUT_SECONDS` x (1 + `STRIPE_MAX_NETWORK_RETRIES`) + 2 s it is also the"
+            " margin before the invocation's timeout in which no report starts (left-over"
+            " reports fail transiently and are retried)."
+        ),
+    )
+    usage_source_max_answer_bytes: int = Field(
+        65_536,
+        alias="USAGE_SOURCE_MAX_ANSWER_BYTES",
+        ge=1024,
+        description=(
+            "Largest usage-source answer read; a larger one fails the report permanently"
+            " (read in pieces, never held whole in memory)."
+        ),
+    )
+    usage_value_ceiling: str = Field(
+        "1e15",
+        alias="USAGE_VALUE_CEILING",
+        description=(
+            "Usage values above it are refused (a permanent failure, `ReportsFailed`): `1e12`"
+            " for every meter, or `api_requests=1e9,storage_gb=1e6,*=1e12` per meter event name"
+            " (`*`: every other meter); empty: no ceiling. The default is the largest integer"
+            " Stripe's 15 significant digits carry."
+        ),
+    )
+    allow_negative_usage: bool = Field(
+        False,
+        alias="ALLOW_NEGATIVE_USAGE",
+        description=(
+            "Send negative usage values (Stripe takes them; a negative period total bills 0);"
+            " `false` refuses them as implausible."
+        ),
+    )
+    tenant_metadata_key: str | None = Field(
+        None,
+        alias="TENANT_METADATA_KEY",
+        description=(
+            "Customer metadata key whose value is passed to the usage source as `tenant`. When"
+            " set, the customer is read once per invoice (a Stripe API call) and a customer"
+            " without the key is a permanent failure (never a silent 0); unset, the worker never"
+            " reads customers."
+        ),
+    )
+    billing_reasons: CommaSeparated = Field(
+        frozenset(),
+        alias="BILLING_REASONS",
+        description=(
+            "Comma-separated invoice `billing_reason` values that get usage reports; empty:"
+            " every draft with a line priced on a reported meter, except `subscription_create`,"
+            ' `subscription_threshold` and `upcoming` (docs/guard.md, "Which invoices").'
+        ),
+    )
+    meter_event_names: CommaSeparated = Field(
+        frozenset(),
+        alias="METER_EVENT_NAMES",
+        description=(
+            "Comma-separated meter event names meterbridge reports; empty reports every meter on"
+            " the invoice's metered lines."
+        ),
+    )
+    report_zero_usage: bool = Field(
+        True,
+        alias="REPORT_ZERO_USAGE",
+        description=(
+            "Send `0` for a period without usage (the invoice then shows 0); `false` records the"
+            " report as skipped."
+        ),
+    )
+    grace_period_seconds: int = Field(
+        3600,
+        alias="GRACE_PERIOD_SECONDS",
+        ge=0,
+        le=259_200,
+        description=(
+            "Your Stripe finalization grace period; the deadline for invoices without"
+            " `automatically_finalizes_at`. Reports sent after the deadline are recorded `late`."
+        ),
+    )
+    meter_event_api: Literal["v1", "v2"] = Field(
+        "v1",
+        alias="METER_EVENT_API",
+        description=(
+            "`v1`: one `POST /v1/billing/meter_events` per report (Stripe answers duplicates"
+            " synchronously). `v2`: the meter event stream — a session token (15 min, cached)"
+            " and `POST /v2/billing/meter_event_stream` with up to 100 ready reports per request;"
+            " validation is asynchronous: errors arrive as thin meter error events naming the"
+            " request, not the event; the ledger records which reports each request carried and"
+            " marks them `suspect` until a confirmation check proves them."
+        ),
+    )
+    stripe_api_base: str | None = Field(
+        None,
+        alias="STRIPE_API_BASE",
+        description="Base URL for both the `api` and `meter_events` hosts (the local emulator).",
+    )
+    stripe_timeout_seconds: float = Field(
+        10.0,
+        alias="STRIPE_TIMEOUT_SECONDS",
+        gt=0,
+        description=(
+            "Connect and read timeout of each Stripe request (the SDK's default of 80 s exceeds"
+            " a Lambda's budget); part of the no-start margin above."
+        ),
+    )
+    stripe_max_network_retries: int = Field(
+        2,
+        alias="STRIPE_MAX_NETWORK_RETRIES",
+        ge=0,
+        le=10,
+        description="SDK retries for connection errors, 409 and 5xx (same idempotency key).",
+    )
+    stripe_rate_limit_retries: int = Field(
+        3,
+        alias="STRIPE_RATE_LIMIT_RETRIES",
+        ge=0,
+        le=10,
+        description=(
+            "meterbridge's own retries on 429 (the SDK does not retry 429): meter-event calls"
+            " wait for the limiter's next slot, other calls back off with jitter from 0.5 s."
+        ),
+    )
     # Up to 128: with METER_EVENT_API=v2 a stream request carries what the threads hold (≤ 100).
-    batch_concurrency: int = Field(16, alias="BATCH_CONCURRENCY", ge=1, le=128)
+    batch_concurrency: int = Field(
+        16,
+        alias="BATCH_CONCURRENCY",
+        ge=1,
+        le=128,
+        description=(
+            "Records of one SQS batch processed in parallel (threads, one pool per container)."
+            " Also the size of the Stripe HTTP connection pool (and twice that for DynamoDB). For"
+            " v2 streams of 100 events per request, set it to 100 or more."
+        ),
+    )
     # Meter-event requests per second a container starts at; the limiter adapts on 429.
-    meter_event_rate: float = Field(100.0, alias="METER_EVENT_RATE", gt=0)
+    meter_event_rate: float = Field(
+        100.0,
+        alias="METER_EVENT_RATE",
+        gt=0,
+        description=(
+            "Meter-event requests per second each container starts at. A process-wide limiter"
+            " spaces meter-event requests (v1 events, v2 stream requests); a 429 cuts its pace"
+            " to 0.8 x what Stripe accepted in the last second, it returns to 95 % of that within"
+            " about a second and then probes +2 %/s. Set near your account's limit divided by"
+            " the expected concurrent containers."
+        ),
+    )
     # v2: how long a ready event waits for others to share its stream request.
-    stream_linger_seconds: float = Field(0.05, alias="STREAM_LINGER_SECONDS", ge=0, le=5)
+    stream_linger_seconds: float = Field(
+        0.05,
+        alias="STREAM_LINGER_SECONDS",
+        ge=0,
+        le=5,
+        description=(
+            "v2 only: how long a ready report waits for others to share its stream request (a"
+            " request also leaves as soon as 100 are waiting)."
+        ),
+    )
     # Stripe retries webhooks for up to 3 days; remember event ids at least that long.
-    event_memory_seconds: int = Field(4 * 86_400, alias="EVENT_MEMORY_SECONDS", ge=3 * 86_400)
-    report_lease_seconds: int = Field(120, alias="REPORT_LEASE_SECONDS", gt=0)
-    retry_backoff_base_seconds: int = Field(30, alias="RETRY_BACKOFF_BASE_SECONDS", ge=0)
-    retry_backoff_max_seconds: int = Field(900, alias="RETRY_BACKOFF_MAX_SECONDS", ge=0, le=43_200)
+    event_memory_seconds: int = Field(
+        4 * 86_400,
+        alias="EVENT_MEMORY_SECONDS",
+        ge=3 * 86_400,
+        description=(
+            "How long processed Stripe event ids are remembered (at least Stripe's 3-day retry"
+            " window). `invoice.created` ids live on their invoice's ledger item instead, added"
+            " only with a final outcome."
+        ),
+    )
+    report_lease_seconds: int = Field(
+        120,
+        alias="REPORT_LEASE_SECONDS",
+        gt=0,
+        description=(
+            "How long a claimed report stays reserved for one worker; a crashed worker's report"
+            " is taken over after it. Keep above `STRIPE_TIMEOUT_SECONDS` x"
+            " (`STRIPE_MAX_NETWORK_RETRIES` + 1)."
+        ),
+    )
+    retry_backoff_base_seconds: int = Field(
+        30,
+        alias="RETRY_BACKOFF_BASE_SECONDS",
+        ge=0,
+        description="Visibility back-off after a transient failure: base x 2^(attempt-1) …",
+    )
+    retry_backoff_max_seconds: int = Field(
+        900,
+        alias="RETRY_BACKOFF_MAX_SECONDS",
+        ge=0,
+        le=43_200,
+        description=(
+            "… capped here (and at SQS's 12 h). Permanent failures are retried after the base"
+            " delay until `maxReceiveCount` moves them to the DLQ."
+        ),
+    )
     # Invoice guard (README, "Invoice guard"; docs/guard.md).
-    invoice_guard: Literal["off", "confirm", "hold"] = Field("confirm", alias="INVOICE_GUARD")
+    invoice_guard: Literal["off", "confirm", "hold"] = Field(
+        "confirm",
+        alias="INVOICE_GUARD",
+        description=(
+            "`off` · `confirm` · `hold` ([docs/guard.md](guard.md)). `confirm`: delayed checks"
+            " through the meter's event summaries, `ConfirmationMissing` near finalization."
+            " `hold`: also `auto_advance=false` on the draft until its usage is confirmed. Needs"
+            " `QUEUE_URL` (otherwise runs as `off`, with a warning). Reconciliation and meter"
+            " error reports run in every mode."
+        ),
+    )
     # Stripe waits at most 72 h for webhooks and allows at most a 72 h grace period.
-    hold_limit_seconds: int = Field(86_400, alias="HOLD_LIMIT_SECONDS", gt=0, lt=259_200)
-    confirmation_margin_seconds: int = Field(900, alias="CONFIRMATION_MARGIN_SECONDS", ge=0)
-    confirm_delay_seconds: int = Field(60, alias="CONFIRM_DELAY_SECONDS", ge=0, le=900)
-    confirm_max_delay_seconds: int = Field(900, alias="CONFIRM_MAX_DELAY_SECONDS", ge=0, le=900)
-    confirm_max_checks: int = Field(200, alias="CONFIRM_MAX_CHECKS", ge=1)
+    hold_limit_seconds: int = Field(
+        86_400,
+        alias="HOLD_LIMIT_SECONDS",
+        gt=0,
+        lt=259_200,
+        description=(
+            "Longest hold (from the invoice's creation, on its clock), below Stripe's 72 h; at"
+            " the limit the draft is released with `HoldLimitReached`."
+        ),
+    )
+    confirmation_margin_seconds: int = Field(
+        900,
+        alias="CONFIRMATION_MARGIN_SECONDS",
+        ge=0,
+        description=(
+            "Still unconfirmed this close to the draft's finalization: `ConfirmationMissing`."
+        ),
+    )
+    confirm_delay_seconds: int = Field(
+        60,
+        alias="CONFIRM_DELAY_SECONDS",
+        ge=0,
+        le=900,
+        description=(
+            "First confirmation check after reporting (SQS `DelaySeconds`); later checks double"
+            " it …"
+        ),
+    )
+    confirm_max_delay_seconds: int = Field(
+        900,
+        alias="CONFIRM_MAX_DELAY_SECONDS",
+        ge=0,
+        le=900,
+        description=(
+            "… up to this (SQS allows at most 900), never past the margin or the hold limit."
+        ),
+    )
+    confirm_max_checks: int = Field(
+        200,
+        alias="CONFIRM_MAX_CHECKS",
+        ge=1,
+        description=(
+            "`confirm` stops checking after this many (`ConfirmationAbandoned`); a hold always"
+            " ends at its limit."
+        ),
+    )
 
     @field_validator("tenant_metadata_key", "stripe_api_base", "queue_url", mode="before")
     @classmethod

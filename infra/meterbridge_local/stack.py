@@ -27,7 +27,7 @@ from meterbridge_local.lambda_runtime import (
 from meterbridge_local.resources import LocalResources, TemplateError, create_resources
 
 # Secrets Manager is not used locally: credentials come from plain variables instead.
-_DEPLOY_ONLY_VARIABLES = ("STRIPE_SECRET_ARN",)
+_DEPLOY_ONLY_VARIABLES = ("STRIPE_SECRET_ARN", "STRIPE_WEBHOOK_SECRET_ARN")
 
 
 class LocalStack:

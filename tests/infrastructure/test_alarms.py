@@ -229,6 +229,7 @@ def test_dashboard_body_is_json_once_substituted(resources: dict[str, Any]) -> N
     assert references <= {
         "AWS::Region",
         "HttpApi",
+        "WebhookFunction",
         "WorkerFunction",
         "EventQueue.QueueName",
         "DeadLetterQueue.QueueName",
@@ -240,6 +241,12 @@ def test_dashboard_body_is_json_once_substituted(resources: dict[str, Any]) -> N
     assert "Pipeline: received → queued → sent / failed / late" in titles
     assert "Latency (p99, ms)" in titles
     assert "Queue depth and age" in titles
+    edge = next(
+        w for w in document["widgets"] if w["properties"].get("title", "").startswith("Web")
+    )
+    charted = [row[1] for row in edge["properties"]["metrics"]]
+    assert charted[:3] == ["Count", "4xx", "SignatureFailures"]  # a flood: runbook
+    assert {"ConcurrentExecutions", "Throttles"} <= set(charted)
     flow = next(
         w for w in document["widgets"] if w["properties"].get("title", "").startswith("Pip")
     )

@@ -148,6 +148,7 @@ def test_functions_carry_the_template_handler_timeout_and_local_environment(
         assert function.environment["QUEUE_URL"] == created.queues["EventQueue"].url
         # No default for StripeSecretArn: locally, secrets come from the environment.
         assert "STRIPE_SECRET_ARN" not in function.environment
+        assert "STRIPE_WEBHOOK_SECRET_ARN" not in function.environment
         assert function.environment["POWERTOOLS_SERVICE_NAME"] == "meterbridge"  # Globals
     worker = created.functions["WorkerFunction"]
     assert worker.environment["LEDGER_TABLE"] == created.tables["LedgerTable"].name

@@ -191,11 +191,15 @@ def test_the_worker_reads_the_usage_table_it_is_granted(aws: MotoServer) -> None
     assert local.functions["WorkerFunction"].environment["USAGE_SOURCE"] == (
         "dynamodb://usage-records"
     )
-    worker = sam_template()["Resources"]["WorkerFunction"]["Properties"]
+    template = sam_template()["Resources"]
+    worker = template["WorkerFunction"]["Properties"]
+    role_policies = template["WorkerRole"]["Properties"]["Policies"]
     [(condition, policy, _)] = [
-        p["Fn::If"] for p in worker["Policies"] if isinstance(p, dict) and "Fn::If" in p
+        p["Fn::If"] for p in role_policies if isinstance(p, dict) and "Fn::If" in p
     ]
-    assert policy == {"DynamoDBReadPolicy": {"TableName": {"Ref": "UsageTableName"}}}
+    [statement] = policy["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "dynamodb:Query"
+    assert "${UsageTableName}" in statement["Resource"]["Fn::Sub"]
     assert worker["Environment"]["Variables"]["USAGE_SOURCE"]["Fn::If"][0] == condition
 
 

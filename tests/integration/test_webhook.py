@@ -364,3 +364,86 @@ def test_realistic_invoice_created_from_stripe_fixture(
     assert (envelope.object_type, envelope.object_id) == ("invoice", fixtures["invoice"]["id"])
     assert envelope.api_version == fixtures["event"]["api_version"]
     assert full_event == event
+
+
+# --- Hostile input (issue 13, item 1): 4xx for anything unsigned or unmodellable -------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "t=1700000000,v1=\xe9",  # one non-ASCII character: the SDK's compare_digest TypeError
+        "t=1700000000,v1=\ud800",  # a lone surrogate, as a JSON event can carry it
+        "t=\u0661\u0662\u0663,v1=abc",  # Arabic-Indic digits, which int() accepts
+        "t=1700000000,v1=" + "é" * 64,
+    ],
+)
+def test_non_ascii_signature_headers_are_a_signature_failure_not_a_crash(
+    make_intake: Callable[..., Intake],
+    queue_url: str,
+    capsys: pytest.CaptureFixture[str],
+    header: str,
+):
+    body = encode(snapshot_event("invoice.created", INVOICE))
+
+    response = call(make_intake(), http_v2(body, header))
+
+    assert response["statusCode"] == 400
+    assert response["json"]["error"].startswith("invalid signature")
+    assert queued(queue_url) == []
+    assert _metric_values(capsys.readouterr().out, "SignatureFailures") == [1.0]
+
+
+def _event_text(**overrides: Any) -> str:
+    event = snapshot_event("invoice.created", INVOICE)
+    event.update(overrides)
+    return json.dumps(event)  # ensure_ascii: a lone surrogate is written as \ud800
+
+
+SIGNED_BUT_UNMODELLABLE = {
+    "nesting bomb": "[" * 50_000 + "]" * 50_000,
+    "nesting bomb inside an event": (
+        _event_text()[:-1] + ', "x": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    ),
+    "lone surrogate in the event id": _event_text(id="evt_\ud800"),
+    "lone surrogate in the type": _event_text(type="invoice.created\udfff"),
+    "non-ASCII event id": _event_text(id="evt_é"),
+    "event id of 100 KB": _event_text(id="evt_" + "a" * 100_000),
+    "lone surrogate in the object id": _event_text(data={"object": {"id": "in_\ud800"}}),
+    "JSON array of events": "[" + _event_text() + "]",
+    "created beyond a float": _event_text()[:-1] + ', "created": 1e400}',
+    "created with 5000 digits": _event_text()[:-1] + ', "created": ' + "9" * 5000 + "}",
+    "created NaN": _event_text()[:-1] + ', "created": NaN}',
+    "byte-order mark": "\ufeff" + _event_text(),
+    "empty body": "",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNED_BUT_UNMODELLABLE))
+def test_validly_signed_bodies_it_cannot_model_are_400(
+    make_intake: Callable[..., Intake],
+    queue_url: str,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+):
+    body = SIGNED_BUT_UNMODELLABLE[case].encode()
+
+    response = call(
+        make_intake(MAX_BODY_BYTES="262144"), http_v2(body, sign(body, SECRET), base64_body=True)
+    )
+
+    assert response["statusCode"] == 400, case
+    assert response["json"] == {"error": "body is not a Stripe event"}
+    assert queued(queue_url) == []
+    assert _metric_values(capsys.readouterr().out, "MalformedEvents") == [1.0]
+
+
+def test_body_text_without_utf8_form_is_refused(make_intake: Callable[..., Intake], queue_url: str):
+    """A JSON event can carry a lone surrogate as the body itself (not base64)."""
+    request = http_v2(b"", "t=1,v1=00")
+    request["body"] = '{"id": "evt_\ud800"}'
+
+    response = call(make_intake(), request)
+
+    assert response["statusCode"] == 400
+    assert queued(queue_url) == []

@@ -4,7 +4,12 @@ import pytest
 
 from meterbridge.adapters.secrets import parse_secret_json
 from meterbridge.errors import SettingsError
-from meterbridge.settings import DEFAULT_ACCEPTED_EVENT_TYPES, WebhookSettings, load_settings
+from meterbridge.settings import (
+    DEFAULT_ACCEPTED_EVENT_TYPES,
+    WebhookSettings,
+    WorkerSettings,
+    load_settings,
+)
 
 
 def test_missing_queue_url_is_named():
@@ -75,3 +80,21 @@ def test_an_empty_accepted_type_list_is_refused():
             WebhookSettings,
             {"QUEUE_URL": "q", "STRIPE_WEBHOOK_SECRET": "w", "ACCEPTED_EVENT_TYPES": " , "},
         )
+
+
+def test_the_webhooks_own_secret_arn_is_a_secret_source():
+    settings = load_settings(
+        WebhookSettings,
+        {"QUEUE_URL": "q", "STRIPE_WEBHOOK_SECRET_ARN": "arn:aws:secretsmanager:…:secret:w"},
+    )
+    assert settings.stripe_webhook_secret_arn == "arn:aws:secretsmanager:…:secret:w"
+    assert settings.stripe_secret_arn is None
+
+
+def test_each_function_reads_only_its_own_stripe_variables():
+    """The webhook has no field for the API key, the worker none for the signing secrets."""
+    assert "STRIPE_API_KEY" not in {f.alias for f in WebhookSettings.model_fields.values()}
+    assert "STRIPE_WEBHOOK_SECRET" not in {f.alias for f in WorkerSettings.model_fields.values()}
+    assert "STRIPE_WEBHOOK_SECRET_ARN" not in {
+        f.alias for f in WorkerSettings.model_fields.values()
+    }

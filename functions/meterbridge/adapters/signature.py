@@ -27,6 +27,11 @@ class StripeSignatureVerifier:
     def verify(self, payload: bytes, header: str | None) -> None:
         if not header:
             raise InvalidSignature("no Stripe-Signature header")
+        if not header.isascii():
+            # Stripe's header is ASCII. The SDK compares signatures with hmac.compare_digest,
+            # which raises TypeError for non-ASCII text ("t=1,v1=\xe9"): the sender's fault,
+            # so a 400 and a SignatureFailures count, never a 500.
+            raise InvalidSignature("Stripe-Signature is not ASCII")
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -35,8 +40,9 @@ class StripeSignatureVerifier:
         if not webhook_secrets:
             # Our misconfiguration, not Stripe's fault: fail loudly (5xx) so Stripe retries.
             raise SettingsError(
-                "no webhook secret configured: set webhook_secrets in the Stripe secret"
-                " (STRIPE_SECRET_ARN) or STRIPE_WEBHOOK_SECRET"
+                "no webhook secret configured: set webhook_secrets in the webhook's secret"
+                " (STRIPE_WEBHOOK_SECRET_ARN, or STRIPE_SECRET_ARN when one secret serves both)"
+                " or STRIPE_WEBHOOK_SECRET"
             )
         last_error = "no secret matched"
         for secret in webhook_secrets:
@@ -45,4 +51,8 @@ class StripeSignatureVerifier:
                 return
             except SignatureVerificationError as exc:
                 last_error = str(exc)
+            except (TypeError, ValueError):
+                # Whatever else the SDK's parser trips over in a header anyone can send is a
+                # bad signature too (the secret is ours and checked above).
+                last_error = "malformed Stripe-Signature"
         raise InvalidSignature(last_error)

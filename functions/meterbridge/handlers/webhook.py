@@ -19,7 +19,7 @@ try:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from meterbridge.adapters.queue import SqsQueue
-    from meterbridge.adapters.secrets import secret_source
+    from meterbridge.adapters.secrets import webhook_secret_source
     from meterbridge.adapters.signature import StripeSignatureVerifier
     from meterbridge.intake import Intake, Outcome, Reply
     from meterbridge.observability import logger, metrics, tracer
@@ -37,7 +37,7 @@ def build_intake(environ: dict[str, str] | None = None) -> Intake:
     settings = load_settings(WebhookSettings, os.environ if environ is None else environ)
     return Intake(
         verifier=StripeSignatureVerifier(
-            secret_source(settings), settings.signature_tolerance_seconds
+            webhook_secret_source(settings), settings.signature_tolerance_seconds
         ),
         queue=SqsQueue(settings.queue_url),
         accepted_event_types=settings.accepted_event_types,
@@ -75,7 +75,8 @@ def handler(
     try:
         method, body, signature = raw_request(event)
     except (binascii.Error, ValueError):
-        reply = Reply(400, Outcome.MALFORMED, {"error": "body is not valid base64"})
+        # Invalid base64, or body text with lone surrogates, which has no UTF-8 bytes.
+        reply = Reply(400, Outcome.MALFORMED, {"error": "body is not valid base64 or UTF-8"})
     else:
         if method and method != "POST":
             metrics.add_metric(name="MethodNotAllowed", unit=MetricUnit.Count, value=1)

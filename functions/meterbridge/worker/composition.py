@@ -15,12 +15,11 @@ import boto3
 from meterbridge.adapters.aws_clients import ledger_client_config
 from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.queue import SqsQueue
-from meterbridge.adapters.secrets import EnvironmentSecrets, secret_source
+from meterbridge.adapters.secrets import worker_secrets
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageSource, usage_source_from
 from meterbridge.domain.guard import GuardMode
 from meterbridge.domain.usage_limits import parse_usage_value_ceilings
-from meterbridge.errors import SettingsError
 from meterbridge.observability import logger
 from meterbridge.settings import WorkerSettings, load_settings
 from meterbridge.worker.confirmation import Confirmation
@@ -93,12 +92,8 @@ def guard_mode(settings: WorkerSettings) -> GuardMode:
 
 def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
     """The real adapters: Stripe, the DynamoDB ledger, the usage source, SQS."""
-    source = secret_source(settings)
-    if isinstance(source, EnvironmentSecrets):
-        source = EnvironmentSecrets(settings, usage_source_token=settings.usage_source_token)
-    secrets = source.stripe_secrets()
-    if not secrets.api_key:
-        raise SettingsError("the Stripe secret has no api_key")
+    secrets = worker_secrets(settings)
+    api_key = secrets.api_key or ""  # worker_secrets refused a secret without one
     if dynamodb is None:
         # Connect and read timeouts, three attempts: a ledger call never outlives the
         # invocation (adapters/aws_clients.py).
@@ -106,7 +101,7 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
         dynamodb = boto3.client("dynamodb", config=config)
     ledger = DynamoDbLedger(settings.ledger_table, dynamodb)
     stripe = StripeGateway(
-        secrets.api_key,
+        api_key,
         api_base=settings.stripe_api_base,
         timeout_seconds=settings.stripe_timeout_seconds,
         max_network_retries=settings.stripe_max_network_retries,
