@@ -25,6 +25,10 @@ DEFAULT_ACCEPTED_EVENT_TYPES = frozenset(
     {
         "invoice.created",
         "invoice.finalized",
+        # A metered item removed, its price switched, the subscription cancelled mid-period:
+        # Stripe bills the usage at that moment (worker/subscription_changes.py).
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
         "v1.billing.meter.error_report_triggered",
         "v1.billing.meter.no_meter_found",
     }

@@ -52,7 +52,7 @@ TENANT_METADATA_KEY = "tenant"
 UNIT_AMOUNT_CENTS = Decimal("0.5")  # half a cent per API request
 DAY = 86_400
 # Stripe's meter event window is 35 days back: a clock starting ~32 days ago keeps both
-# months' timestamps inside it (STRIPE.md, "Why usage goes missing").
+# months' timestamps inside it (docs/stripe.md#S-TS-1).
 CLOCK_START_DAYS_AGO = 32
 GRACE_PERIOD_SECONDS = 3600
 AGGREGATION_LAG_SECONDS = 0.5

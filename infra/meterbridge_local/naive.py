@@ -1,8 +1,8 @@
 """THE ANTI-PATTERN. Do not copy this code: it is here to lose and double-count usage.
 
-This is the naive integration from the problem meterbridge solves (STRIPE.md, "Why usage
-goes missing from invoices"): a webhook receiver that, on `invoice.created`, computes the
-period's usage and sends one meter event with a random identifier (uuid4) and
+This is the naive integration from the problem meterbridge solves (README; the Stripe rules
+are docs/stripe.md#S-AGG-3 and #S-GRACE-1): a webhook receiver that, on `invoice.created`,
+computes the period's usage and sends one meter event with a random identifier (uuid4) and
 `timestamp = period_start`, inline, before answering; no ledger, no check. The person
 testing it advances the test clock past the grace period as soon as the webhook answered.
 

@@ -110,6 +110,8 @@ SINGLE_METRIC_ALARMS = {
             ("MeterErrorReportsAlarm", "MeterEventErrors"),
             ("HoldLimitAlarm", "HoldLimitReached"),
             ("HoldReleaseFallbackAlarm", "HoldReleaseFallback"),
+            ("SharedMeterAlarm", "SharedMeter"),
+            ("UsageNotReportedAlarm", "UsageNotReported"),
         )
     },
 }
@@ -170,6 +172,8 @@ def test_alarm_names_match_what_the_code_emits() -> None:
         "MeterEventErrors",
         "HoldLimitReached",
         "HoldReleaseFallback",
+        "SharedMeter",
+        "UsageNotReported",
     ):
         assert f'"{metric}"' in source
 
@@ -194,6 +198,8 @@ def test_every_alarm_is_covered_and_every_alarm_is_on_the_dashboard(
         "MeterErrorReportsAlarm",
         "HoldLimitAlarm",
         "HoldReleaseFallbackAlarm",
+        "SharedMeterAlarm",
+        "UsageNotReportedAlarm",
     }
     body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     assert {f"{name}.Arn" for name in alarms} <= set(re.findall(r"\$\{([^}]+)\}", body))

@@ -130,7 +130,7 @@ def test_force_sends_the_full_corrected_value_on_a_last_meter(
     case: Case, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On a `last` meter the newest event replaces the older ones: a delta would replace
-    the total, so the correction carries the full value (docs/stripe.md#formulas)."""
+    the total, so the correction carries the full value (docs/stripe.md#S-AGG-2, #S-WINDOW-1)."""
     meter = case.billing.meter(default_aggregation={"formula": "last"})
     case.meter, case.price = meter, case.billing.metered_price(meter)
     USAGE[(case.customer["id"], meter["event_name"])] = "5"

@@ -137,7 +137,7 @@ def test_legacy_shape_with_paginated_lines_reports_every_line(case: WorkerCase) 
 
 def test_a_meter_on_two_lines_is_reported_once_and_flagged_shared(case: WorkerCase) -> None:
     """Stripe bills every line on a meter the customer's whole aggregate: two items on one
-    meter bill the usage twice whatever is reported (docs/stripe.md#aggregation). One report
+    meter bill the usage twice whatever is reported (docs/stripe.md#S-AGG-1). One report
     per customer, meter and period, and a SharedMeter finding naming both lines."""
     emulator, billing, ledger, ledger_table, queue_url, setup = case.unpack()
     invoice = billing.renewal(setup["customer"]["id"], [setup["price"], setup["price"]])

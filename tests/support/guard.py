@@ -81,7 +81,8 @@ class GuardWorld:
         self.price = self.billing.metered_price(self.meter)
 
     def subscribe(self, usage: str) -> Renewal:
-        # frozen_time about 32 days ago keeps every timestamp inside Stripe's window (STRIPE.md).
+        # frozen_time about 32 days ago keeps every timestamp inside Stripe's window
+        # (docs/stripe.md#S-TS-1).
         start = int(time.time()) - 32 * DAY
         clock = self.client.v1.test_helpers.test_clocks.create({"frozen_time": start})
         customer = self.client.v1.customers.create({"test_clock": clock.id})

@@ -67,7 +67,7 @@ def test_values_compare_at_stripes_precision() -> None:
 
 
 def test_line_verdict_uses_decimal_quantities_and_truncates_integer_ones() -> None:
-    """An integer-only `quantity` is `quantity_decimal` truncated (docs/stripe.md#invoices)."""
+    """An integer-only `quantity` is `quantity_decimal` truncated (docs/stripe.md#S-QTY-1)."""
     assert line_is_right(Decimal("0.75"), Decimal("0.75"), integer_quantity=False)
     assert line_is_right(Decimal(0), Decimal("0.75"), integer_quantity=True)
     assert not line_is_right(Decimal(1), Decimal("0.75"), integer_quantity=True)

@@ -1,7 +1,7 @@
 """A process-wide pace for meter-event requests that finds Stripe's rate limit by itself.
 
-Stripe answers 429 above its meter-event limit (STRIPE.md: ~25/s sandbox, 1,000/s live,
-shared by every container of the account). 64 threads retrying 429s on their own turn
+Stripe answers 429 above its meter-event limit (docs/stripe.md#S-RATE-1: ~25/s sandbox,
+1,000/s live, shared by every container of the account). 64 threads retrying 429s on their own turn
 into a 429 storm; one limiter per process spaces the requests instead:
 
 - requests get evenly spaced slots (a token bucket without burst) at `rate` per second;

@@ -5,7 +5,7 @@ Timeouts, retries and error classes are decided here so the worker never sees an
 - the SDK retries connection errors, 409 and 5xx (`max_network_retries`) but never 429,
   so 429 gets its own jittered exponential back-off before becoming a TransientError;
 - a 400 saying an event with this identifier already exists means Stripe holds the report
-  (STRIPE.md, "Meter events"): AlreadyDelivered, never a failure.
+  (docs/stripe.md#S-ME-2): AlreadyDelivered, never a failure.
 """
 
 import random
@@ -164,7 +164,7 @@ class StripeGateway:
 
     # Hold, resume and finalize are safe to repeat, so they carry the SDK's own key (one per
     # call, reused by its retries): a fixed key would replay a saved 5xx to every later try
-    # for at least 24 h (docs/stripe.md#idempotency).
+    # for at least 24 h (docs/stripe.md#S-IDEM-1).
 
     def hold_invoice(self, invoice_id: str) -> dict[str, Any]:
         """auto_advance=false: Stripe will not finalize the draft until told."""
@@ -179,7 +179,7 @@ class StripeGateway:
     def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
         """Finalize a held draft with auto_advance=true: an invoice finalized while
         auto_advance is false stays that way, and Stripe then never collects it — no payment
-        attempt, no dunning, no e-mail (docs/stripe.md#finalize)."""
+        attempt, no dunning, no e-mail (docs/stripe.md#S-FIN-1)."""
         params: Any = {"auto_advance": True}
         return self._call(
             lambda: self._client.v1.invoices.finalize_invoice(invoice_id, params)
@@ -198,7 +198,7 @@ class StripeGateway:
 
         The SDK's own retries reuse the key; the next attempt (a later receive of the
         message) gets a new one, because Stripe saves a 5xx under its key and replays it to
-        every retry for at least 24 h (docs/stripe.md#idempotency). Whether the event was
+        every retry for at least 24 h (docs/stripe.md#S-IDEM-1). Whether the event was
         already counted is the identifier's duplicate check's to say ("already exists"
         means delivered). Meter error reports name the key: `identifier_of_request_key`
         maps it back to the report.

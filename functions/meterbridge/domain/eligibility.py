@@ -6,7 +6,7 @@ from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter
 
 # Without BILLING_REASONS, every draft that carries a line priced on a meter is reported,
 # except these: a subscription's first invoice finalizes at once and bills no past usage,
-# a threshold invoice is triggered by usage already in Stripe (docs/stripe.md#invoices),
+# a threshold invoice is triggered by usage already in Stripe (docs/stripe.md#S-THRESH-1),
 # and `upcoming` is only ever a preview.
 EXCLUDED_BILLING_REASONS = frozenset({"subscription_create", "subscription_threshold", "upcoming"})
 

@@ -28,7 +28,8 @@ GuardMode = Literal["off", "confirm", "hold"]
 MINUTE = 60
 SQS_MAX_DELAY_SECONDS = 900
 # Stripe will not finalize a draft while an invoice.created webhook is unanswered for up to
-# 72 h, and the grace period is at most 72 h (STRIPE.md): a hold must end before that.
+# 72 h, and the grace period is at most 72 h (docs/stripe.md#S-GRACE-1): a hold must end
+# before that.
 STRIPE_MAX_HOLD_SECONDS = 72 * 3600
 # Stripe's values carry at most 15 significant digits; summaries come back as JSON numbers
 # (binary floats), so equality is judged to that precision.
@@ -69,7 +70,7 @@ def expected_aggregate(
 ) -> Decimal:
     """What the meter makes of these events: its pre-aggregation window first (the newest
     event of each hour or day replaces the older ones), then its formula (sum, count or
-    last) — docs/stripe.md#formulas."""
+    last) — docs/stripe.md#S-AGG-2, #S-WINDOW-1."""
     events = list(usage)
     size = PRE_AGGREGATION_SECONDS.get(event_time_window or "")
     if size is not None:
@@ -102,7 +103,7 @@ def same_value(observed: Decimal, expected: Decimal) -> bool:
 def billed_quantity(aggregate: Decimal, *, integer_quantity: bool = False) -> Decimal:
     """What a line bills for an aggregate: a negative cycle total bills as 0; a line that
     shows only the integer `quantity` (older API versions) shows `quantity_decimal`
-    truncated, not rounded (docs/stripe.md#invoices)."""
+    truncated, not rounded (docs/stripe.md#S-QTY-1)."""
     billed = max(aggregate, Decimal(0))
     return billed.to_integral_value(ROUND_DOWN) if integer_quantity else billed
 

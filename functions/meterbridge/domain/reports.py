@@ -10,7 +10,7 @@ from meterbridge.errors import PermanentError
 
 IDENTIFIER_MAX_LENGTH = 100  # Stripe's limit on meter event identifiers
 # mb2: one report per customer, meter and service period (mb1 was per subscription item,
-# which billed a meter shared by two items twice over: docs/stripe.md#aggregation).
+# which billed a meter shared by two items twice over: docs/stripe.md#S-AGG-1).
 IDENTIFIER_PREFIX = "mb2"
 # Stripe accepts meter event timestamps from 35 days ago up to 5 minutes ahead.
 STRIPE_MAX_PAST_SECONDS = 35 * 24 * 3600
@@ -41,7 +41,7 @@ def report_identifier(
     """The meter event identifier of one report: customer, meter and service period.
 
     Stripe aggregates meter events per customer and meter and knows no subscription item
-    (docs/stripe.md#aggregation), so that is what a report is keyed on. The same inputs
+    (docs/stripe.md#S-AGG-1), so that is what a report is keyed on. The same inputs
     give the same identifier in every process, so a redelivered event, a second event for
     the same invoice, a second subscription on the same meter or a DLQ replay all collide
     on it. Ids long enough to push it past Stripe's 100 characters are replaced by their
@@ -138,7 +138,7 @@ def finalizes_at(invoice: Invoice, grace_period_seconds: int) -> int:
 
 
 def is_late(sent_at: int, deadline: int) -> bool:
-    """Usage sent after finalization misses the invoice (STRIPE.md, grace period)."""
+    """Usage sent after finalization misses the invoice (docs/stripe.md#S-GRACE-1)."""
     return sent_at > deadline
 
 
@@ -174,7 +174,7 @@ class SharedMeter:
     """One customer's meter priced on several invoice lines for overlapping periods.
 
     Stripe bills every such line the customer's whole aggregate for its period, whatever
-    is reported (docs/stripe.md#aggregation): the usage is billed more than once."""
+    is reported (docs/stripe.md#S-AGG-1): the usage is billed more than once."""
 
     customer_id: str
     meter: Meter
@@ -207,7 +207,7 @@ class InvoicePlan:
     unreported: list[UnreportedLine]  # refused meters, lines Stripe already fixed
 
 
-# Meters whose formula a usage total cannot express (docs/stripe.md#formulas).
+# Meters whose formula a usage total cannot express (docs/stripe.md#S-AGG-2, #S-WINDOW-1).
 UNSUPPORTED_FORMULAS = {
     "count": "counts meter events and ignores their value, so no single usage total can"
     " be reported for it; use a sum or last meter (or report one event per unit yourself)",

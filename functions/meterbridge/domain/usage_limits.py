@@ -1,6 +1,6 @@
 """What a usage source's answer may carry on: a plausible value, and short, scrubbed text.
 
-Stripe takes any decimal of up to 15 significant digits, negatives included (STRIPE.md,
+Stripe takes any decimal of up to 15 significant digits, negatives included (docs/stripe.md#S-ME-3,
 "Meter events"), so `-5`, `1e20` or `1e400` from a broken usage source would be billed.
 Negative values are corrections only some products make on purpose; a ceiling says what no
 customer can plausibly use in one period, per meter or for all.

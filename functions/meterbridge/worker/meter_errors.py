@@ -2,7 +2,7 @@
 
 A thin `v1.billing.meter.error_report_triggered` (or `…no_meter_found`) event lists error
 types with sample errors; each sample names the failing request's idempotency key
-(docs/stripe.md#meter-errors):
+(docs/stripe.md#S-ERR-1, #S-ERR-2):
 - a v1 meter event's key is `<report identifier>:a<attempt>`: that report is `failed`
   (`rejected`) with Stripe's code;
 - a v2 stream request's key names up to 100 events without saying which failed: each report

@@ -151,7 +151,7 @@ class ReportSender:
 
     def _send(self, plan: PlannedReport, measurement: Measured, attempt: int) -> MeterEventReceipt:
         """`attempt` keys the request: a retry after a 5xx must never reuse a key whose saved
-        answer is that failure (docs/stripe.md#idempotency); the identifier's own duplicate
+        answer is that failure (docs/stripe.md#S-IDEM-1); the identifier's own duplicate
         check keeps the event from counting twice."""
         started = time.perf_counter()
         try:

@@ -2,7 +2,7 @@
 
 When a metered price is removed or switched mid-period (flexible billing mode, the default
 since 2025-09-30) or a subscription is cancelled, Stripe computes the usage aggregated up to
-that moment at once (docs/stripe.md#mid-period-changes). Usage reported at renewal cannot
+that moment at once (docs/stripe.md#S-CHANGE-1). Usage reported at renewal cannot
 reach it: customer.subscription.updated / deleted tell which meter and period were cut
 short, and when the usage source has usage there, UsageNotReported says so with its size.
 (Continuous reporting, when it exists, sends that usage before the change.)

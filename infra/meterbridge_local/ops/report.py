@@ -11,7 +11,7 @@ revision identifier (`report_identifier(..., revision=n)`), claimed and sent by 
 worker's `ReportSender`, so a retried correction is never sent twice. Deltas only add up
 on `sum` meters without pre-aggregation windows; on `last` meters and pre-aggregated ones
 (event_time_window) the newest event replaces the older ones, so the correction carries
-the full corrected value instead (docs/stripe.md#formulas). `count` meters are refused.
+the full corrected value instead (docs/stripe.md#S-AGG-2, #S-WINDOW-1). `count` meters are refused.
 """
 
 import dataclasses
