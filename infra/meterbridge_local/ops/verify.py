@@ -2,10 +2,10 @@
 run against whatever Stripe the CLI points at, checking each fact on the way.
 
 The clock starts 32 days in the past (docs/stripe.md#S-TS-1, #S-TS-2: a clock at real "now"
-puts the invoice period in the real future, outside the meter-event timestamp window). Usage is reported
-the way the worker reports it — domain planning, deterministic identifier, timestamp rule,
-StripeGateway — and then *confirmed*: the meter event summary must show it before the
-draft finalizes, and the finalized invoice must bill it.
+puts the invoice period in the real future, outside the meter-event timestamp window).
+Usage is reported the way the worker reports it — domain planning, deterministic
+identifier, timestamp rule, StripeGateway — and then *confirmed*: the meter event summary
+must show it before the draft finalizes, and the finalized invoice must bill it.
 """
 
 import time
