@@ -187,6 +187,35 @@ class WorkerSettings(StripeCredentialSettings):
             " and for the invoice guard's delayed checks. Unset = SQS's own visibility timeout."
         ),
     )
+    dead_letter_queue_url: str | None = Field(
+        None,
+        alias="DEAD_LETTER_QUEUE_URL",
+        description=(
+            "The event queue's dead-letter queue: a permanent failure goes there at once, a"
+            " transient one once its retries run out (`RETRY_WINDOW_SECONDS`, or shortly before"
+            " the invoice finalizes). Unset: failed messages wait for the queue's"
+            " maxReceiveCount."
+        ),
+    )
+    retry_window_seconds: int = Field(
+        2700,
+        alias="RETRY_WINDOW_SECONDS",
+        ge=600,
+        description=(
+            "How long a transient failure is retried (visibility back-off) when no invoice"
+            " finalization time applies (other events, test-clock invoices), from the first"
+            " delivery; then dead-lettered and alarmed."
+        ),
+    )
+    retry_deadline_margin_seconds: int = Field(
+        300,
+        alias="RETRY_DEADLINE_MARGIN_SECONDS",
+        ge=0,
+        description=(
+            "An invoice.created that still fails transiently this close to its invoice's"
+            " finalization time is dead-lettered and alarmed (its reports would be late)."
+        ),
+    )
     usage_source: str = Field(
         alias="USAGE_SOURCE",
         min_length=1,
@@ -468,7 +497,13 @@ class WorkerSettings(StripeCredentialSettings):
         ),
     )
 
-    @field_validator("tenant_metadata_key", "stripe_api_base", "queue_url", mode="before")
+    @field_validator(
+        "tenant_metadata_key",
+        "stripe_api_base",
+        "queue_url",
+        "dead_letter_queue_url",
+        mode="before",
+    )
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
         """SAM passes unset parameters as empty strings."""

@@ -9,7 +9,9 @@ import pytest
 
 from tests.infrastructure.template_support import TEMPLATE, sam_template, translated_template
 
-LEDGER_ADAPTER = TEMPLATE.parent / "functions" / "meterbridge" / "adapters" / "ledger.py"
+ADAPTERS = TEMPLATE.parent / "functions" / "meterbridge" / "adapters"
+# The ledger adapter and the table plumbing it is built on.
+LEDGER_ADAPTER = (ADAPTERS / "ledger.py", ADAPTERS / "dynamodb_table.py")
 # boto3 method -> IAM action, for the DynamoDB calls an adapter may make.
 DYNAMODB_ACTIONS = {
     "get_item": "dynamodb:GetItem",
@@ -56,12 +58,12 @@ def _by_action(role: dict[str, Any]) -> dict[str, list[Any]]:
 
 def _ledger_calls() -> set[str]:
     """DynamoDB client methods the ledger adapter calls on the deployed path."""
-    tree = ast.parse(LEDGER_ADAPTER.read_text())
     calls: set[str] = set()
-    for node in ast.walk(tree):
+    trees = [ast.parse(path.read_text()) for path in LEDGER_ADAPTER]
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.FunctionDef) and node.name in NOT_DEPLOYED:
             node.body = []
-    for node in ast.walk(tree):
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -107,9 +109,11 @@ def test_the_worker_reads_the_api_key_its_queue_and_the_ledger_only(resources: d
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
-        "sqs:SendMessage",
     ):
         assert granted.pop(action) == [queue], action
+    # Its own queue (back-off, checks, continuations) and the DLQ (failures moved at once).
+    dead_letters = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert granted.pop("sqs:SendMessage") == [queue, dead_letters]
     assert granted.pop("secretsmanager:GetSecretValue") == [{"Ref": "StripeSecretArn"}]
     log_group = [{"Fn::GetAtt": ["WorkerLogGroup", "Arn"]}]
     assert granted.pop("logs:CreateLogStream") == granted.pop("logs:PutLogEvents") == log_group
@@ -125,6 +129,7 @@ def test_the_worker_reads_the_api_key_its_queue_and_the_ledger_only(resources: d
     assert set(granted) == {"dynamodb:GetItem", "dynamodb:PutItem"} | {
         "dynamodb:UpdateItem",
         "dynamodb:Query",
+        "dynamodb:BatchGetItem",
     }
 
 

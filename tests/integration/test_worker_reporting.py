@@ -16,6 +16,7 @@ from meterbridge.errors import TransientError
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
+from tests.support.ops import queue_with_dead_letters
 from tests.support.stripe_events import snapshot_event
 from tests.support.worker import (
     DAY,
@@ -667,3 +668,27 @@ def test_without_a_tenant_key_the_customer_is_not_read(case: WorkerCase) -> None
     finally:
         emulator.set_faults(error_rate_5xx=0.0, fault_paths=())
     assert ledger.report(identifier_of(invoice)).status == "sent"  # type: ignore[union-attr]
+
+
+def test_a_permanent_failure_is_in_the_dead_letter_queue_after_one_receive(
+    case: WorkerCase,
+) -> None:
+    """With DEAD_LETTER_QUEUE_URL the worker moves a permanent failure there at once (real
+    SQS on moto): the DLQ alarm fires now, not after maxReceiveCount receives."""
+    emulator, billing, ledger, ledger_table, _queue_url, setup = case.unpack()
+    queue, dead_letters = queue_with_dead_letters("permanent", max_receive_count=20)
+    USAGE[(setup["customer"]["id"], setup["meter"]["event_name"])] = "lots"
+    invoice = billing.renewal(setup["customer"]["id"], [setup["price"]])
+    enqueue(queue, invoice_created(invoice))
+    worker = make_worker(emulator, ledger_table, queue, env={"DEAD_LETTER_QUEUE_URL": dead_letters})
+
+    assert run(worker, queue)["failed"] == set()  # handled: off the event queue
+
+    sqs = boto3.client("sqs")
+    [moved] = sqs.receive_message(QueueUrl=dead_letters, MessageAttributeNames=["All"])["Messages"]
+    attributes = {k: v["StringValue"] for k, v in moved["MessageAttributes"].items()}
+    assert attributes["failure"] == "permanent"
+    assert "not a decimal number" in attributes["failure_reason"]
+    assert attributes["stripe_event_type"] == "invoice.created"
+    assert sqs.receive_message(QueueUrl=queue).get("Messages", []) == []
+    assert ledger.report(identifier_of(invoice)).failure_class == "permanent"  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ emulator's job, in the integration suite).
 import dataclasses
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -42,7 +43,7 @@ class FakeLedger:
     """The ledger in a dict, with the conditional writes of adapters/ledger.py."""
 
     def __init__(self) -> None:
-        self.reports: dict[str, ReportRecord] = {}
+        self.items: dict[str, ReportRecord] = {}
         self.invoices: dict[str, InvoiceRecord] = {}
         self.events: dict[str, int] = {}  # event id → expires at
         self.streams: dict[str, list[str]] = {}  # v2 stream request key → identifiers
@@ -50,11 +51,14 @@ class FakeLedger:
 
     # reports
     def report(self, identifier: str) -> ReportRecord | None:
-        return self.reports.get(identifier)
+        return self.items.get(identifier)
+
+    def reports(self, identifiers: list[str]) -> dict[str, ReportRecord]:
+        return {i: self.items[i] for i in identifiers if i in self.items}
 
     def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | ReportRecord:
         with self._lock:
-            current = self.reports.get(report.identifier)
+            current = self.items.get(report.identifier)
             if current is not None:
                 if current.status.done or current.closed:
                     return current
@@ -71,7 +75,7 @@ class FakeLedger:
                 attempts=base.attempts + 1,
                 updated_at=iso(now),
             )
-            self.reports[report.identifier] = record
+            self.items[report.identifier] = record
             reusable = (
                 record.value is not None and record.failure_class is not FailureClass.PERMANENT
             )
@@ -87,9 +91,9 @@ class FakeLedger:
         self, report: PlannedReport, value: Decimal, timestamp: int, now: int, lease_seconds: int
     ) -> Claim | None:
         with self._lock:
-            if report.identifier in self.reports:
+            if report.identifier in self.items:
                 return None
-            self.reports[report.identifier] = dataclasses.replace(
+            self.items[report.identifier] = dataclasses.replace(
                 _planned(report, now),
                 status=ReportStatus.PENDING,
                 lease_expires_at=now + lease_seconds,
@@ -158,14 +162,14 @@ class FakeLedger:
 
     def _update_claimed(self, claim: Claim, change: Callable[[ReportRecord], ReportRecord]) -> None:
         with self._lock:
-            current = self.reports.get(claim.identifier)
+            current = self.items.get(claim.identifier)
             if (
                 current is None
                 or current.attempts != claim.attempt
                 or current.status is not ReportStatus.PENDING
             ):
                 raise ReportInFlight(f"report {claim.identifier}: attempt {claim.attempt} lost")
-            self.reports[claim.identifier] = change(current)
+            self.items[claim.identifier] = change(current)
 
     def record_confirmation(
         self,
@@ -177,7 +181,7 @@ class FakeLedger:
         now: int,
     ) -> ConfirmationStatus | None:
         with self._lock:
-            current = self.reports.get(identifier)
+            current = self.items.get(identifier)
             if current is None:
                 return None
             before = current.confirmation or Confirmation(status=ConfirmationStatus.PENDING)
@@ -187,7 +191,7 @@ class FakeLedger:
                 confirmed_at = now
             if status is ConfirmationStatus.MISSING and missing_at is None:
                 missing_at = now
-            self.reports[identifier] = dataclasses.replace(
+            self.items[identifier] = dataclasses.replace(
                 current,
                 confirmation=Confirmation(
                     status=status,
@@ -203,17 +207,17 @@ class FakeLedger:
 
     def record_reconciliation(self, identifier: str, verdict: Reconciliation) -> None:
         with self._lock:
-            current = self.reports[identifier]
-            self.reports[identifier] = dataclasses.replace(current, reconciliation=verdict)
+            current = self.items[identifier]
+            self.items[identifier] = dataclasses.replace(current, reconciliation=verdict)
 
     def mark_rejected(
         self, identifier: str, *, code: str, message: str, event_id: str, now: int
     ) -> bool:
         with self._lock:
-            current = self.reports.get(identifier)
+            current = self.items.get(identifier)
             if current is None:
                 return False
-            self.reports[identifier] = dataclasses.replace(
+            self.items[identifier] = dataclasses.replace(
                 current,
                 status=ReportStatus.FAILED,
                 failure_class=FailureClass.REJECTED,
@@ -229,10 +233,10 @@ class FakeLedger:
         self, identifier: str, *, code: str, message: str, event_id: str, now: int
     ) -> bool:
         with self._lock:
-            current = self.reports.get(identifier)
+            current = self.items.get(identifier)
             if current is None or current.confirmed:
                 return False
-            self.reports[identifier] = dataclasses.replace(
+            self.items[identifier] = dataclasses.replace(
                 current,
                 confirmation=Confirmation(status=ConfirmationStatus.SUSPECT),
                 stripe_error_code=code,
@@ -307,12 +311,12 @@ class FakeLedger:
             return True
 
     def invoice_reports(self, invoice_id: str) -> list[ReportRecord]:
-        return [r for r in self.reports.values() if r.invoice_id == invoice_id]
+        return [r for r in self.items.values() if r.invoice_id == invoice_id]
 
     def customer_reports(self, customer_id: str, since: int) -> list[ReportRecord]:
         return [
             r
-            for r in self.reports.values()
+            for r in self.items.values()
             if r.customer_id == customer_id and r.created_at >= iso(since)
         ]
 
@@ -377,6 +381,8 @@ class FakeStripe:
         self.clocks: dict[str, int] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.sent: list[SentEvent] = []
+        self._identifiers: set[str] = set()
+        self.latency = 0.0  # seconds each meter event takes (time.sleep)
         self.counting = True
         self.calls: list[str] = []
         self.attempts: list[int] = []  # create_meter_event's `attempt`, call by call
@@ -481,9 +487,12 @@ class FakeStripe:
     ) -> MeterEventReceipt:
         self.attempts.append(attempt)
         self._call("create_meter_event")
-        if any(e.identifier == identifier for e in self.sent):
+        if self.latency:
+            time.sleep(self.latency)
+        if identifier in self._identifiers:
             return MeterEventReceipt(request_id=f"req_{next(self._ids)}", duplicate=True)
         customer = payload.get("stripe_customer_id", "")
+        self._identifiers.add(identifier)
         self.sent.append(
             SentEvent(event_name, customer, Decimal(payload["value"]), identifier, timestamp)
         )
@@ -560,11 +569,16 @@ class FakeStripe:
 
 
 class FakeQueue:
-    """Confirmation checks and retry delays, remembered in order."""
+    """Confirmation checks, retry delays and messages sent, remembered in order."""
 
     def __init__(self) -> None:
         self.scheduled: list[tuple[ConfirmRequest, int]] = []
         self.delays: list[tuple[str, int]] = []
+        self.sent: list[tuple[str, dict[str, str], int]] = []
+
+    def send(self, body: str, attributes: dict[str, str], delay_seconds: int = 0) -> str:
+        self.sent.append((body, dict(attributes), delay_seconds))
+        return f"msg-{len(self.sent)}"
 
     def schedule(self, request: ConfirmRequest, delay_seconds: int) -> None:
         self.scheduled.append((request, delay_seconds))

@@ -35,6 +35,7 @@ class UnitWorld:
     ledger: FakeLedger = field(default_factory=FakeLedger)
     usage: FakeUsage = field(default_factory=FakeUsage)
     queue: FakeQueue = field(default_factory=FakeQueue)
+    dead_letters: FakeQueue = field(default_factory=FakeQueue)
     clock: FakeClock = field(default_factory=FakeClock)
 
     def __post_init__(self) -> None:
@@ -60,6 +61,8 @@ class UnitWorld:
             confirm_queue=self.queue,
             visibility=self.queue,
             clock=self.clock,
+            event_queue=self.queue,
+            dead_letter_queue=self.dead_letters,
         )
         return build_pipeline(settings, dependencies)
 

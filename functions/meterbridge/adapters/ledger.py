@@ -24,16 +24,13 @@ The attributes of each item are the fields of ReportRecord and InvoiceRecord (do
 (confirmation_status, confirmation_observed, …, reconciliation_status, invoiced_quantity, …).
 """
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import BotoCoreError, ClientError
-
+from meterbridge.adapters.dynamodb_table import ConditionFailed, DynamoDbTable, Update, decode
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.records import (
     Claim,
@@ -52,10 +49,7 @@ from meterbridge.domain.records import (
     ReportStatus,
 )
 from meterbridge.domain.reports import PlannedReport
-from meterbridge.errors import PermanentError, TransientError
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+from meterbridge.errors import TransientError
 
 PARTITION_KEY = "pk"
 SORT_KEY = "sk"
@@ -72,20 +66,6 @@ INVOICE = "invoice"
 EVENT = "event"
 STREAM = "stream"
 STREAM_MEMORY_SECONDS = 7 * 86_400  # Stripe reports validation errors within hours
-
-_TRANSIENT_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "TransactionConflictException",
-    }
-)
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 class ReportInFlight(TransientError):
@@ -108,88 +88,18 @@ def _event_key(event_id: str) -> dict[str, str]:
     return {PARTITION_KEY: f"{EVENT}#{event_id}", SORT_KEY: EVENT}
 
 
-def _encode(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(v) for k, v in item.items() if v is not None}
-
-
-def _decode(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deserializer.deserialize(v) for k, v in item.items()}
-
-
-@dataclass
-class _Update:
-    """One UpdateItem request: SET / REMOVE / ADD clauses with their placeholders."""
-
-    sets: list[str] = field(default_factory=list)
-    removes: list[str] = field(default_factory=list)
-    adds: list[str] = field(default_factory=list)
-    names: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def name(self, attribute: str) -> str:
-        placeholder = f"#{attribute}"
-        self.names[placeholder] = attribute
-        return placeholder
-
-    def value(self, value: Any, hint: str = "v") -> str:
-        placeholder = f":{hint}{len(self.values)}"
-        self.values[placeholder] = value
-        return placeholder
-
-    def set(self, attribute: str, value: Any) -> "_Update":
-        self.sets.append(f"{self.name(attribute)} = {self.value(value)}")
-        return self
-
-    def set_if_missing(self, attribute: str, value: Any) -> "_Update":
-        name = self.name(attribute)
-        self.sets.append(f"{name} = if_not_exists({name}, {self.value(value)})")
-        return self
-
-    def increment(self, attribute: str) -> "_Update":
-        name = self.name(attribute)
-        self.sets.append(f"{name} = if_not_exists({name}, {self.value(0)}) + {self.value(1)}")
-        return self
-
-    def remove(self, *attributes: str) -> "_Update":
-        self.removes += [self.name(attribute) for attribute in attributes]
-        return self
-
-    def add_to_set(self, attribute: str, members: Iterable[str]) -> "_Update":
-        self.adds.append(f"{self.name(attribute)} {self.value(set(members))}")
-        return self
-
-    def set_all(self, assigned: dict[str, Any]) -> "_Update":
-        for attribute, value in sorted(assigned.items()):
-            if value is None:
-                self.remove(attribute)
-            else:
-                self.set(attribute, value)
-        return self
-
-    def expression(self) -> str:
-        clauses = []
-        for keyword, parts in (("SET", self.sets), ("REMOVE", self.removes), ("ADD", self.adds)):
-            if parts:
-                clauses.append(f"{keyword} " + ", ".join(parts))
-        return " ".join(clauses)
-
-
-class _ConditionFailed(Exception):
-    """Internal: a conditional write's condition did not hold."""
-
-
-class DynamoDbLedger:
-    """Reads and conditional writes on the ledger table; boto3 never leaves this class."""
-
-    def __init__(self, table_name: str, client: "DynamoDBClient"):
-        self._table = table_name
-        self._client = client
-
-    # --- reports ------------------------------------------------------------------------
+class ReportItems(DynamoDbTable):
+    """The report items: claims, sends, and what the invoice guard and Stripe say of them."""
 
     def report(self, identifier: str) -> ReportRecord | None:
         item = self._get(_report_key(identifier))
         return _report_record(item) if item else None
+
+    def reports(self, identifiers: list[str]) -> dict[str, ReportRecord]:
+        """The reports of these identifiers that exist, in batches (a retry of a large
+        invoice learns what is done in a few requests instead of one read per report)."""
+        items = self._get_many([_report_key(identifier) for identifier in identifiers])
+        return {record.identifier: record for record in map(_report_record, items)}
 
     def claim(self, report: PlannedReport, now: int, lease_seconds: int) -> Claim | ReportRecord:
         """Take the right to send `report`; its record instead when it is sent, skipped, or
@@ -199,7 +109,7 @@ class DynamoDbLedger:
         Raises ReportInFlight while another worker's lease is live. A lease outlives a
         crashed worker only until `lease_seconds`; its retry then takes over.
         """
-        update = _Update().set("status", ReportStatus.PENDING.value)
+        update = Update().set("status", ReportStatus.PENDING.value)
         update.set("lease_expires_at", now + lease_seconds).increment("attempts")
         for attribute, value in _planned_attributes(report).items():
             update.set(attribute, value)
@@ -220,7 +130,7 @@ class DynamoDbLedger:
         )
         try:
             answer = self._write(_report_key(report.identifier), update, condition, "ALL_NEW")
-        except _ConditionFailed:
+        except ConditionFailed:
             current = self.report(report.identifier)
             if current is None:  # deleted between the two reads: the next attempt claims it
                 raise ReportInFlight(f"report {report.identifier} changed while claiming") from None
@@ -230,7 +140,7 @@ class DynamoDbLedger:
                 f"report {report.identifier} is being sent by another worker (lease until"
                 f" {current.lease_expires_at})"
             ) from None
-        record = _report_record(_decode(answer["Attributes"]))
+        record = _report_record(decode(answer["Attributes"]))
         reusable = record.value is not None and record.failure_class is not FailureClass.PERMANENT
         return Claim(
             identifier=report.identifier,
@@ -259,21 +169,14 @@ class DynamoDbLedger:
             "send_started_at": now,
         }
         try:
-            self._call(
-                lambda: self._client.put_item(
-                    TableName=self._table,
-                    Item=_encode(item),
-                    ConditionExpression="attribute_not_exists(pk)",
-                ),
-                conditional=True,
-            )
-        except _ConditionFailed:
+            self._put(item, condition="attribute_not_exists(pk)")
+        except ConditionFailed:
             return None
         return Claim(report.identifier, 1, value, timestamp, send_started_at=now)
 
     def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None:
         """Write down what is about to be sent, and when sending began, before sending it."""
-        update = _Update().set("value", str(value)).set("timestamp", timestamp)
+        update = Update().set("value", str(value)).set("timestamp", timestamp)
         update.set("updated_at", iso(now)).set_if_missing("send_started_at", now)
         self._update_claimed(claim, update)
 
@@ -281,7 +184,7 @@ class DynamoDbLedger:
         self, claim: Claim, *, late: bool, request_id: str | None, duplicate: bool, now: int
     ) -> None:
         status = ReportStatus.LATE if late else ReportStatus.SENT
-        update = _Update().set("status", status.value).set("sent_at", now)
+        update = Update().set("status", status.value).set("sent_at", now)
         update.set("stripe_request_id", request_id or "").set("duplicate", duplicate)
         update.set("updated_at", iso(now)).remove("lease_expires_at", "failure_class", "last_error")
         self._update_claimed(claim, update)
@@ -294,7 +197,7 @@ class DynamoDbLedger:
         A permanent failure is Stripe's (or our own) refusal before anything was counted,
         so the next attempt starts afresh: its value is read again, and its send is new.
         """
-        update = _Update().set("status", ReportStatus.FAILED.value)
+        update = Update().set("status", ReportStatus.FAILED.value)
         update.set("failure_class", failure_class.value).set("last_error", reason[:1000])
         update.set("updated_at", iso(now)).remove("lease_expires_at")
         if failure_class is FailureClass.PERMANENT:
@@ -302,11 +205,11 @@ class DynamoDbLedger:
         self._update_claimed(claim, update)
 
     def mark_skipped(self, claim: Claim, *, reason: str, now: int) -> None:
-        update = _Update().set("status", ReportStatus.SKIPPED.value).set("last_error", reason)
+        update = Update().set("status", ReportStatus.SKIPPED.value).set("last_error", reason)
         update.set("updated_at", iso(now)).remove("lease_expires_at")
         self._update_claimed(claim, update)
 
-    def _update_claimed(self, claim: Claim, update: _Update) -> None:
+    def _update_claimed(self, claim: Claim, update: Update) -> None:
         """Only the attempt that holds the claim may move the report on."""
         condition = (
             f"attempts = {update.value(claim.attempt)}"
@@ -314,7 +217,7 @@ class DynamoDbLedger:
         )
         try:
             self._write(_report_key(claim.identifier), update, condition)
-        except _ConditionFailed:
+        except ConditionFailed:
             raise ReportInFlight(
                 f"report {claim.identifier}: attempt {claim.attempt} lost its lease to a newer one"
             ) from None
@@ -329,7 +232,7 @@ class DynamoDbLedger:
         now: int,
     ) -> ConfirmationStatus | None:
         """Write one confirmation check's verdict; answers the status it replaces."""
-        update = _Update().set("confirmation_status", status.value)
+        update = Update().set("confirmation_status", status.value)
         update.set("confirmation_observed", str(observed))
         update.set("confirmation_expected", str(expected))
         update.set("confirmation_checked_at", now).increment("confirmation_checks")
@@ -341,13 +244,13 @@ class DynamoDbLedger:
             answer = self._write(
                 _report_key(identifier), update, "attribute_exists(pk)", "UPDATED_OLD"
             )
-        except _ConditionFailed:
+        except ConditionFailed:
             return None
-        previous = _decode(answer.get("Attributes") or {}).get("confirmation_status")
+        previous = decode(answer.get("Attributes") or {}).get("confirmation_status")
         return ConfirmationStatus(previous) if previous else None
 
     def record_reconciliation(self, identifier: str, verdict: Reconciliation) -> None:
-        update = _Update().set_all(
+        update = Update().set_all(
             {
                 "reconciliation_status": verdict.status.value,
                 "invoiced_quantity": _text(verdict.invoiced),
@@ -364,7 +267,7 @@ class DynamoDbLedger:
     ) -> bool:
         """Stripe rejected some event of the v2 stream request that carried this report,
         without saying which: unconfirmed until a confirmation check proves it counted."""
-        update = _Update().set("confirmation_status", ConfirmationStatus.SUSPECT.value)
+        update = Update().set("confirmation_status", ConfirmationStatus.SUSPECT.value)
         update.set("stripe_error_code", code).set("stripe_error_event_id", event_id)
         update.set("last_error", message[:1000]).set("updated_at", iso(now))
         status = update.name("confirmation_status")
@@ -374,7 +277,7 @@ class DynamoDbLedger:
         )
         try:
             self._write(_report_key(identifier), update, condition)
-        except _ConditionFailed:
+        except ConditionFailed:
             return False
         return True
 
@@ -387,7 +290,7 @@ class DynamoDbLedger:
             "sent_at": now,
             TTL_ATTRIBUTE: now + STREAM_MEMORY_SECONDS,
         }
-        self._call(lambda: self._client.put_item(TableName=self._table, Item=_encode(item)))
+        self._put(item)
 
     def stream_request(self, key: str) -> list[str]:
         item = self._get({PARTITION_KEY: f"{STREAM}#{key}", SORT_KEY: STREAM})
@@ -398,17 +301,19 @@ class DynamoDbLedger:
     ) -> bool:
         """Stripe refused a sent report asynchronously (a meter error report): it is failed,
         whatever its status said. False when the identifier is not a ledger report."""
-        update = _Update().set("status", ReportStatus.FAILED.value)
+        update = Update().set("status", ReportStatus.FAILED.value)
         update.set("failure_class", FailureClass.REJECTED.value).set("stripe_error_code", code)
         update.set("stripe_error_event_id", event_id).set("last_error", message[:1000])
         update.set("updated_at", iso(now)).remove("lease_expires_at")
         try:
             self._write(_report_key(identifier), update, "attribute_exists(pk)")
-        except _ConditionFailed:
+        except ConditionFailed:
             return False
         return True
 
-    # --- invoices -----------------------------------------------------------------------
+
+class DynamoDbLedger(ReportItems):
+    """The ledger: reports (ReportItems), invoices and processed Stripe events."""
 
     def invoice(self, invoice_id: str) -> InvoiceRecord | None:
         item = self._get(_invoice_key(invoice_id))
@@ -428,7 +333,7 @@ class DynamoDbLedger:
         `created_event`: the invoice.created event whose processing this write ends,
         remembered on the record so that a redelivery of it is recognised.
         """
-        update = _Update().set_if_missing(CREATED_AT, iso(now)).set("updated_at", iso(now))
+        update = Update().set_if_missing(CREATED_AT, iso(now)).set("updated_at", iso(now))
         update.set(INVOICE_ID, invoice_id).set(CUSTOMER_ID, customer_id)
         update.set_all({name: _stored(value) for name, value in changes.assigned().items()})
         if changes.clear_reason and changes.reason is None:
@@ -454,7 +359,7 @@ class DynamoDbLedger:
         finds `auto_advance=false` on the invoice, knows meterbridge set it and will release
         it; a draft someone else set to manual is never ours to finalize.
         """
-        update = _Update().set("hold_status", HoldStatus.HOLDING.value)
+        update = Update().set("hold_status", HoldStatus.HOLDING.value)
         update.set_if_missing("held_at", now).set("hold_deadline", hold_deadline)
         update.set(INVOICE_ID, invoice_id).set(CUSTOMER_ID, customer_id)
         update.set_if_missing(CREATED_AT, iso(now)).set("updated_at", iso(now))
@@ -466,7 +371,7 @@ class DynamoDbLedger:
         )
         try:
             self._write(_invoice_key(invoice_id), update, condition)
-        except _ConditionFailed:
+        except ConditionFailed:
             return False
         return True
 
@@ -522,88 +427,7 @@ class DynamoDbLedger:
             "processed_at": iso(now),
             TTL_ATTRIBUTE: now + memory_seconds,
         }
-        self._call(lambda: self._client.put_item(TableName=self._table, Item=_encode(item)))
-
-    # --- plumbing: one read-and-decode path, one write path ------------------------------
-
-    def _get(self, key: dict[str, str]) -> dict[str, Any] | None:
-        found = self._call(
-            lambda: self._client.get_item(
-                TableName=self._table, Key=_encode(key), ConsistentRead=True
-            )
-        )
-        item = found.get("Item")
-        return _decode(item) if item else None
-
-    def _write(
-        self,
-        key: dict[str, str],
-        update: _Update,
-        condition: str | None = None,
-        return_values: str | None = None,
-    ) -> Any:
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "Key": _encode(key),
-            "UpdateExpression": update.expression(),
-            "ExpressionAttributeNames": update.names,
-        }
-        if update.values:
-            request["ExpressionAttributeValues"] = _encode(update.values)
-        if condition is not None:
-            request["ConditionExpression"] = condition
-        if return_values is not None:
-            request["ReturnValues"] = return_values
-        return self._call(
-            lambda: self._client.update_item(**request), conditional=condition is not None
-        )
-
-    def _query(
-        self, index: str, key: str, value: str, sort_at_least: tuple[str, str] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        condition = "#key = :value"
-        names = {"#key": key}
-        values = {":value": {"S": value}}
-        if sort_at_least is not None:
-            condition += " AND #sort >= :sort"
-            names["#sort"] = sort_at_least[0]
-            values[":sort"] = {"S": sort_at_least[1]}
-        start: dict[str, Any] | None = None
-        while True:
-            request: dict[str, Any] = {
-                "TableName": self._table,
-                "IndexName": index,
-                "KeyConditionExpression": condition,
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
-            if start:
-                request["ExclusiveStartKey"] = start
-            page = self._page(request)
-            for item in page.get("Items", []):
-                yield _decode(item)
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
-
-    def _page(self, request: dict[str, Any]) -> Any:
-        return self._call(lambda: self._client.query(**request))
-
-    def _call(self, call: Callable[[], Any], conditional: bool = False) -> Any:
-        try:
-            return call()
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if conditional and code == "ConditionalCheckFailedException":
-                raise _ConditionFailed from error
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            if code in _TRANSIENT_CODES or status >= 500:
-                raise TransientError(f"DynamoDB {code} on ledger {self._table}") from error
-            raise PermanentError(f"DynamoDB {code} on ledger {self._table}: {error}") from error
-        except BotoCoreError as error:
-            raise TransientError(
-                f"DynamoDB unreachable for ledger {self._table}: {error}"
-            ) from error
+        self._put(item)
 
 
 # --- records ⇄ items -------------------------------------------------------------------

@@ -292,12 +292,7 @@ def _shared_meters(
         by_meter.setdefault(meter.id, []).append((line, meter))
     shared = []
     for members in by_meter.values():
-        overlapping = {
-            line.id
-            for line, _ in members
-            for other, _ in members
-            if other.id != line.id and overlaps(line.period, other.period)
-        }
+        overlapping = _overlapping([line for line, _ in members])
         if overlapping:
             shared.append(
                 SharedMeter(
@@ -307,6 +302,19 @@ def _shared_meters(
                 )
             )
     return shared
+
+
+def _overlapping(lines: list[InvoiceLine]) -> set[str]:
+    """Ids of the lines whose period overlaps another line's: one sweep in start order
+    (an invoice may carry thousands of lines on one meter)."""
+    found: set[str] = set()
+    reach: InvoiceLine | None = None  # the line seen so far that ends last
+    for line in sorted(lines, key=lambda line: (line.period.start, line.period.end)):
+        if reach is not None and line.period.start < reach.period.end:
+            found.update((line.id, reach.id))
+        if reach is None or line.period.end > reach.period.end:
+            reach = line
+    return found
 
 
 def overlaps(first: ServicePeriod, second: ServicePeriod) -> bool:

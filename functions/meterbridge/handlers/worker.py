@@ -29,12 +29,12 @@ from meterbridge.adapters.aws_clients import (
     LEDGER_READ_TIMEOUT_SECONDS,
 )
 from meterbridge.adapters.outbound_http import outbound_deadline
-from meterbridge.domain.retries import backoff_seconds
 from meterbridge.errors import PermanentError
 from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, EventEnvelope, read_body, read_confirm
 from meterbridge.observability import count, logger, metrics, tracer
 from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
-from meterbridge.worker.reporting import EventOutcome
+from meterbridge.worker.reporting import EventOutcome, OutOfInvocationTime
+from meterbridge.worker.retrying import FailedMessages, RetryPolicy
 from meterbridge.worker.subscription_changes import DELETED, UPDATED
 
 INVOICE_CREATED = "invoice.created"
@@ -53,8 +53,7 @@ class Worker:
 
     pipeline: Pipeline
     concurrency: int
-    backoff_base_seconds: int = 30
-    backoff_max_seconds: int = 900
+    failed: FailedMessages
     # No report starts later than this before the invocation's timeout: one usage query
     # and one Stripe call (with retries) must still fit, or Lambda would kill the
     # invocation mid-report.
@@ -67,12 +66,23 @@ class Worker:
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> "Worker":
-        settings = pipeline.settings
+        settings, dependencies = pipeline.settings, pipeline.dependencies
         return cls(
             pipeline=pipeline,
             concurrency=settings.batch_concurrency,
-            backoff_base_seconds=settings.retry_backoff_base_seconds,
-            backoff_max_seconds=settings.retry_backoff_max_seconds,
+            failed=FailedMessages(
+                RetryPolicy(
+                    backoff_base_seconds=settings.retry_backoff_base_seconds,
+                    backoff_max_seconds=settings.retry_backoff_max_seconds,
+                    window_seconds=settings.retry_window_seconds,
+                    deadline_margin_seconds=settings.retry_deadline_margin_seconds,
+                    grace_period_seconds=settings.grace_period_seconds,
+                ),
+                visibility=dependencies.visibility,
+                event_queue=dependencies.event_queue,
+                dead_letter_queue=dependencies.dead_letter_queue,
+                clock=dependencies.clock,
+            ),
             # One usage query and one Stripe call with the SDK's retries, and ledger writes.
             time_margin_seconds=settings.usage_source_timeout_seconds
             + settings.stripe_timeout_seconds * (1 + settings.stripe_max_network_retries)
@@ -119,6 +129,7 @@ class Worker:
         attempt = int(record.attributes.approximate_receive_count or 1)
         attribute: Any = record.raw_event.get("messageAttributes", {}).get(ATTR_BODY_KIND) or {}
         body_kind = attribute.get("stringValue") or "event"
+        full_event: dict[str, Any] | None = None
         try:
             if body_kind == CONFIRM:
                 return self._confirm(record)
@@ -130,28 +141,22 @@ class Worker:
                 ) from error
             return self.route(envelope, full_event, retry=attempt > 1, deadline=deadline).result
         except PermanentError as error:
-            count("PermanentFailures")
-            logger.error(
-                "event failed permanently; it goes to the dead-letter queue after the"
-                " queue's maxReceiveCount",
-                extra={"message_id": record.message_id, "attempt": attempt, "reason": str(error)},
-            )
-            self._delay(record, self.backoff_base_seconds)
-            raise
+            handled = self.failed.permanent(record, error)
+            if handled is None:
+                raise
+            return handled
+        except OutOfInvocationTime as error:
+            handled = self.failed.continue_later(record, error) if error.progressed else None
+            if handled is None:
+                handled = self.failed.transient(record, error, full_event)
+            if handled is None:
+                raise
+            return handled
         except Exception as error:  # TransientError, and anything unforeseen: retry later
-            delay = backoff_seconds(attempt, self.backoff_base_seconds, self.backoff_max_seconds)
-            count("TransientFailures")
-            logger.warning(
-                "event will be retried",
-                extra={
-                    "message_id": record.message_id,
-                    "attempt": attempt,
-                    "retry_in_seconds": delay,
-                    "reason": f"{type(error).__name__}: {error}",
-                },
-            )
-            self._delay(record, delay)
-            raise
+            handled = self.failed.transient(record, error, full_event)
+            if handled is None:
+                raise
+            return handled
 
     def route(
         self,
@@ -215,11 +220,6 @@ class Worker:
             raise PermanentError(f"message {record.message_id} is no confirm request") from error
         outcome = self.pipeline.confirmation.check(request, self.pipeline.now())
         return "released" if outcome.released else "checked"
-
-    def _delay(self, record: SQSRecord, seconds: int) -> None:
-        visibility = self.pipeline.dependencies.visibility
-        if visibility is not None:
-            visibility.delay(record.receipt_handle, seconds)
 
 
 def build_worker(environ: Mapping[str, str] | None = None) -> Worker:

@@ -28,7 +28,13 @@ from meterbridge.worker.invoices import InvoiceReader
 from meterbridge.worker.meter_errors import MeterErrors
 from meterbridge.worker.planning import InvoicePlanner
 from meterbridge.worker.policy import GuardPolicy, ReportingPolicy
-from meterbridge.worker.ports import ConfirmQueue, Ledger, MessageVisibility, Stripe
+from meterbridge.worker.ports import (
+    ConfirmQueue,
+    Ledger,
+    MessageQueue,
+    MessageVisibility,
+    Stripe,
+)
 from meterbridge.worker.reconciliation import InvoiceReconciliation
 from meterbridge.worker.reporting import InvoiceReporting
 from meterbridge.worker.sending import ReportSender
@@ -38,7 +44,8 @@ from meterbridge.worker.usage import UsageLimits, UsageReader
 
 @dataclass(frozen=True)
 class Dependencies:
-    """What the worker talks to. `confirm_queue`/`visibility` are None without QUEUE_URL."""
+    """What the worker talks to. The queues are None without QUEUE_URL (the event queue:
+    checks, back-off, continuations) or DEAD_LETTER_QUEUE_URL."""
 
     stripe: Stripe
     ledger: Ledger
@@ -46,6 +53,8 @@ class Dependencies:
     confirm_queue: ConfirmQueue | None
     visibility: MessageVisibility | None
     clock: Callable[[], float] = time.time
+    event_queue: MessageQueue | None = None
+    dead_letter_queue: MessageQueue | None = None
 
 
 @dataclass(frozen=True)
@@ -123,12 +132,15 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
         pool_size=settings.batch_concurrency,
     )
     queue = SqsQueue(settings.queue_url, attempts=3) if settings.queue_url else None
+    dead_letters = settings.dead_letter_queue_url
     return Dependencies(
         stripe=stripe,
         ledger=ledger,
         usage_source=usage_source,
         confirm_queue=queue,
         visibility=queue,
+        event_queue=queue,
+        dead_letter_queue=SqsQueue(dead_letters, attempts=3) if dead_letters else None,
     )
 
 

@@ -81,6 +81,12 @@ class InvoiceLedger(Protocol):
     ) -> None: ...
 
 
+class ReportingLedger(InvoiceLedger, Protocol):
+    """invoice.created: the invoice's record, and its reports' records in bulk on a retry."""
+
+    def reports(self, identifiers: list[str]) -> dict[str, ReportRecord]: ...
+
+
 class HoldLedger(InvoiceLedger, Protocol):
     def begin_hold(
         self,
@@ -131,7 +137,9 @@ class EventLedger(Protocol):
     ) -> None: ...
 
 
-class Ledger(ReportLedger, HoldLedger, GuardLedger, RejectionLedger, EventLedger, Protocol):
+class Ledger(
+    ReportLedger, ReportingLedger, HoldLedger, GuardLedger, RejectionLedger, EventLedger, Protocol
+):
     """Everything the worker's steps need together (the composition root's view)."""
 
     def report(self, identifier: str) -> ReportRecord | None: ...
@@ -142,6 +150,13 @@ class ConfirmQueue(Protocol):
     """Delayed confirmation checks (adapters/queue.py)."""
 
     def schedule(self, request: ConfirmRequest, delay_seconds: int) -> None: ...
+
+
+class MessageQueue(Protocol):
+    """Sends a message as it is (adapters/queue.py): a continuation to the event queue, or a
+    failed message to its dead-letter queue."""
+
+    def send(self, body: str, attributes: dict[str, str], delay_seconds: int = 0) -> str: ...
 
 
 class MessageVisibility(Protocol):

@@ -14,7 +14,7 @@ from typing import Any
 from meterbridge.domain.eligibility import ineligibility_reason
 from meterbridge.domain.invoices import Invoice
 from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus
-from meterbridge.domain.reports import InvoicePlan, refusal
+from meterbridge.domain.reports import InvoicePlan, PlannedReport, refusal
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.messages import EventEnvelope
 from meterbridge.observability import count, logger
@@ -23,7 +23,7 @@ from meterbridge.worker.holding import DraftHold
 from meterbridge.worker.invoices import InvoiceReader, invoice_of_event, parse_invoice
 from meterbridge.worker.planning import InvoicePlanner
 from meterbridge.worker.policy import ReportingPolicy
-from meterbridge.worker.ports import InvoiceLedger, Stripe
+from meterbridge.worker.ports import ReportingLedger, Stripe
 from meterbridge.worker.sending import ReportSender, SendResult
 from meterbridge.worker.usage import UsageReader
 
@@ -46,12 +46,68 @@ class EventOutcome:
     reports: dict[str, str] = field(default_factory=dict)  # identifier → status
 
 
+class OutOfInvocationTime(TransientError):
+    """Reports were left unstarted to end before the invocation's timeout. `progressed`: this
+    attempt did send some (a large invoice): the work goes on in a fresh message at once,
+    instead of spending one of the queue's receives on it (handlers/worker.py)."""
+
+    def __init__(self, message: str, *, progressed: bool):
+        super().__init__(message)
+        self.progressed = progressed
+
+
+REASONS_SHOWN = 5  # failures quoted in one message: a 10,000-line invoice must not log 800 KB
+
+
+@dataclass
+class Progress:
+    """What one attempt did with an invoice's reports."""
+
+    statuses: dict[str, str] = field(default_factory=dict)
+    transient: list[str] = field(default_factory=list)
+    permanent: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    attempted: int = 0  # reports this attempt claimed or tried to
+
+    def note(self, report: PlannedReport, result: SendResult) -> None:
+        self.statuses[report.identifier] = result.value
+        if result is SendResult.REPORTED_ELSEWHERE:
+            self.findings.append(
+                f"meter {report.meter.event_name} for [{report.period.start},"
+                f" {report.period.end}) is also billed on another invoice's line and was"
+                " reported for it (shared meter)"
+            )
+
+    def summary(self) -> str:
+        """The failures, a few quoted and the rest counted; empty when none."""
+        parts = []
+        for kind, reasons in (("failed", self.permanent), ("will retry", self.transient)):
+            if reasons:
+                more = len(reasons) - REASONS_SHOWN
+                shown = "; ".join(reasons[:REASONS_SHOWN])
+                parts.append(
+                    f"{len(reasons)} {kind}: {shown}" + (f"; … {more} more" if more > 0 else "")
+                )
+        if self.not_started:
+            parts.append(f"{len(self.not_started)} not started, out of invocation time")
+        return " | ".join(parts)
+
+    def raise_failures(self) -> None:
+        if self.transient:
+            raise TransientError(self.summary())
+        if self.not_started:
+            raise OutOfInvocationTime(self.summary(), progressed=self.attempted > 0)
+        if self.permanent:
+            raise PermanentError(self.summary())
+
+
 class InvoiceReporting:
     def __init__(
         self,
         *,
         stripe: Stripe,
-        ledger: InvoiceLedger,
+        ledger: ReportingLedger,
         invoices: InvoiceReader,
         planner: InvoicePlanner,
         usage: UsageReader,
@@ -166,53 +222,26 @@ class InvoiceReporting:
         if self._guarded and isinstance(record, Unread):
             record = self._ledger.invoice(invoice.id)
         known = None if isinstance(record, Unread) else record
-        statuses: dict[str, str] = {}
-        transient: list[str] = []
-        permanent: list[str] = []
         try:
             if self._guarded:
                 self._hold.hold(invoice, now, report_count=len(plan.reports), record=known)
-            clock_offset = self.clock_offset(invoice, now)
-            for report in plan.reports:
-                if deadline is not None and time.monotonic() > deadline:
-                    statuses[report.identifier] = "retry"
-                    transient.append(f"{report.identifier}: not started, out of invocation time")
-                    continue
-                try:
-                    # Each report's own `now`: leases and timestamps from when it starts.
-                    result = self._sender.send(
-                        report,
-                        tenant,
-                        int(self._clock()),
-                        clock_offset=clock_offset,
-                        careful=careful,
-                    )
-                    statuses[report.identifier] = result.value
-                    if result is SendResult.REPORTED_ELSEWHERE:
-                        findings.append(
-                            f"meter {report.meter.event_name} for [{report.period.start},"
-                            f" {report.period.end}) is also billed on another invoice's line"
-                            " and was reported for it (shared meter)"
-                        )
-                except TransientError as error:
-                    statuses[report.identifier] = "retry"
-                    transient.append(f"{report.identifier}: {error}")
-                except PermanentError as error:
-                    statuses[report.identifier] = "failed"
-                    permanent.append(f"{report.identifier}: {error}")
+            progress = self._send_each(
+                invoice, plan, tenant, now, careful=careful, deadline=deadline
+            )
         except BaseException:
             if self._guarded:
                 # Whatever happened (a ledger error, a Stripe outage while holding): a held
                 # draft must reach its release check, or it stays held.
                 self._confirmation.start(invoice, now)
             raise
-        failed = transient + permanent
+        findings += progress.findings
         # Failed reports too: a held draft is released by its checks, never left held.
         first_check = self._confirmation.first_check(invoice, now, known) if self._guarded else None
+        failed = progress.summary()
         self._record(
             invoice,
             InvoiceStatus.FAILED if failed or refused else InvoiceStatus.REPORTED,
-            reason="; ".join(failed + refused)[:1000] or None,
+            reason="; ".join([failed, *refused] if failed else refused)[:1000] or None,
             now=now,
             report_count=len(plan.reports),
             # A failed event is not done: its redelivery (or DLQ replay) must run.
@@ -220,11 +249,50 @@ class InvoiceReporting:
             guard=first_check,
             findings=findings,
         )
-        if transient:
-            raise TransientError("; ".join(transient))
-        if permanent:
-            raise PermanentError("; ".join(permanent))
-        return EventOutcome("", "", "reported", reports=statuses)
+        progress.raise_failures()
+        return EventOutcome("", "", "reported", reports=progress.statuses)
+
+    def _send_each(
+        self,
+        invoice: Invoice,
+        plan: InvoicePlan,
+        tenant: str | None,
+        now: int,
+        *,
+        careful: bool,
+        deadline: float | None,
+    ) -> "Progress":
+        """Send every planned report that is not done. A retry (`careful`) first reads what
+        the ledger holds for all of them in a few batched reads, so reports already sent
+        cost nothing more; no report starts after `deadline`."""
+        progress = Progress()
+        done = self._ledger.reports([r.identifier for r in plan.reports]) if careful else {}
+        clock_offset = self.clock_offset(invoice, now)
+        for report in plan.reports:
+            record = done.get(report.identifier)
+            if record is not None and (record.status.done or record.closed):
+                progress.note(report, self._sender.recorded(report, record))
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                progress.not_started.append(report.identifier)
+                progress.statuses[report.identifier] = "retry"
+                continue
+            try:
+                # Each report's own `now`: leases and timestamps from when it starts.
+                result = self._sender.send(
+                    report, tenant, int(self._clock()), clock_offset=clock_offset, careful=careful
+                )
+                progress.attempted += 1
+                progress.note(report, result)
+            except TransientError as error:
+                progress.attempted += 1
+                progress.statuses[report.identifier] = "retry"
+                progress.transient.append(f"{report.identifier}: {error}")
+            except PermanentError as error:
+                progress.attempted += 1
+                progress.statuses[report.identifier] = "failed"
+                progress.permanent.append(f"{report.identifier}: {error}")
+        return progress
 
     def _findings(self, invoice: Invoice, plan: InvoicePlan) -> list[str]:
         """Shared meters and lines no report can reach, each alarmed and written down."""

@@ -89,7 +89,7 @@ class ReportSender:
         if claim is None:
             claimed = self._ledger.claim(plan, now, self._policy.lease_seconds)
             if isinstance(claimed, ReportRecord):
-                return self._recorded(plan, claimed, context)
+                return self.recorded(plan, claimed)
             claim = claimed
         try:
             if not fresh:
@@ -134,9 +134,9 @@ class ReportSender:
     def _worth_sending(self, value: Decimal) -> bool:
         return value != 0 or self._policy.report_zero_usage
 
-    def _recorded(
-        self, plan: PlannedReport, record: ReportRecord, context: dict[str, str]
-    ) -> SendResult:
+    def recorded(self, plan: PlannedReport, record: ReportRecord) -> SendResult:
+        """What a report already done (sent, skipped or closed) means for `plan`'s invoice."""
+        context = {"invoice_id": plan.invoice_id, "identifier": plan.identifier}
         if record.invoice_id != plan.invoice_id:
             count("SharedMeter")
             logger.error(
