@@ -1,11 +1,16 @@
 """`meterbridge verify` against the Stripe billing emulator, through the real stripe SDK."""
 
+import json
 from collections.abc import Iterator
 
 import pytest
+import stripe
 
+from meterbridge.handlers import worker as worker_module
 from meterbridge_local.cli import main
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
+from tests.support import worker as support
+from tests.support.lambda_context import FakeLambdaContext
 
 
 @pytest.fixture
@@ -73,3 +78,34 @@ def test_verify_refuses_live_keys_and_bad_values(
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_ok")
     code, output = verify(capsys, "--usage", "lots")
     assert (code, "--usage 'lots' is not a number" in output) == (2, True)
+
+
+def test_verify_leaves_nothing_behind_on_the_stack_it_checks(
+    emulator: StripeEmulator, ledger_table: str, queue_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stack receives verify's events too (its webhook is registered with that Stripe):
+    they must leave no report, no ledger record and no metric there."""
+    code, output = verify(capsys, "--stripe-api-base", emulator.url, "--timeout", "20")
+    assert code == 0, output
+    client = stripe.StripeClient(
+        "sk_test_verify", base_addresses={"api": emulator.url, "meter_events": emulator.url}
+    )
+    kinds = ("invoice.created", "invoice.finalized", "customer.subscription.updated")
+    events = [e for e in client.v1.events.list({"limit": 100}).data if e.type in kinds]
+    assert {e.type for e in events} >= {"invoice.created", "invoice.finalized"}
+    for event in events:
+        support.enqueue(queue_url, json.loads(json.dumps(event.to_dict(), default=str)))
+    worker = support.make_worker(emulator, ledger_table, queue_url)
+
+    response = worker_module.handler(
+        support.receive_batch(queue_url, len(events)), FakeLambdaContext(), worker=worker
+    )
+
+    assert response["batchItemFailures"] == []
+    assert "_aws" not in capsys.readouterr().out  # no metric emitted
+    ledger = worker.pipeline.ledger
+    for event in events:
+        subject = event.data.object
+        if subject.object == "invoice":
+            assert ledger.invoice(subject.id) is None
+    assert len([e for e in emulator.meter_events() if e["status"] == "accepted"]) == 1

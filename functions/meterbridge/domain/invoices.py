@@ -24,6 +24,14 @@ def _dig(document: Any, *path: str) -> Any:
     return document
 
 
+VERIFY_METADATA_KEY = "meterbridge_verify"
+
+
+def is_verification(metadata: Any) -> bool:
+    """Subscription metadata that `meterbridge verify` sets on what it creates."""
+    return isinstance(metadata, Mapping) and bool(metadata.get(VERIFY_METADATA_KEY))
+
+
 def _id_of(reference: Any) -> str | None:
     """Stripe references are ids, or the whole object when expanded."""
     if isinstance(reference, str):
@@ -161,6 +169,9 @@ class Invoice(BaseModel):
     livemode: bool = False
     lines: tuple[InvoiceLine, ...] = ()
     lines_have_more: bool = False
+    # `meterbridge verify` marks its own subscription: the stack it checks leaves its
+    # invoices alone (no report, no ledger record, no metric).
+    verification: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -187,6 +198,10 @@ class Invoice(BaseModel):
             "auto_advance": invoice.get("auto_advance"),
             "test_clock": _id_of(invoice.get("test_clock")),
             "livemode": bool(invoice.get("livemode")),
+            "verification": is_verification(
+                _dig(invoice, "parent", "subscription_details", "metadata")
+                or _dig(invoice, "subscription_details", "metadata")
+            ),
             "lines": tuple(InvoiceLine.from_stripe(line) for line in lines.get("data") or ()),
             "lines_have_more": bool(lines.get("has_more")),
         }

@@ -74,6 +74,8 @@ class InvoiceReconciliation:
             if record is None:
                 return "ignored"  # not an invoice meterbridge can read, nor one it knows
             raise
+        if invoice.verification:
+            return "ignored"  # meterbridge verify checks its own invoice
         if record is not None and record.held:
             self._hold.mark_released(invoice, HoldStatus.RELEASED, ReleaseAction.NONE, now)
         # A line whose period had not ended when the invoice was made (a subscription's first

@@ -181,6 +181,8 @@ class InvoiceReporting:
         `record`: the invoice's ledger record, if the caller has just read it (None: none).
         """
         invoice = parse_invoice(document)
+        if invoice.verification:
+            return EventOutcome("", "", "ignored", reason="meterbridge verify's own invoice")
         context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
         reason = ineligibility_reason(invoice, self._policy.billing_reasons)
         tenant: str | None = None

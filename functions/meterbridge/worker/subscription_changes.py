@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from meterbridge.domain.invoices import Meter, MeteredPrice, ServicePeriod
+from meterbridge.domain.invoices import Meter, MeteredPrice, ServicePeriod, is_verification
 from meterbridge.errors import PermanentError
 from meterbridge.observability import count, logger
 from meterbridge.worker.ports import Stripe
@@ -43,6 +43,8 @@ class SubscriptionChanges:
         subscription = data.get("object") or {}
         if not isinstance(subscription, dict) or subscription.get("object") != "subscription":
             raise PermanentError(f"event {event.get('id')} carries no subscription")
+        if is_verification(subscription.get("metadata")):
+            return []  # meterbridge verify's own subscription
         customer = _id_of(subscription.get("customer"))
         if event.get("type") == DELETED:
             moment = int(subscription.get("canceled_at") or subscription.get("ended_at") or 0)

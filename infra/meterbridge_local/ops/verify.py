@@ -19,7 +19,13 @@ import stripe
 
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.domain.eligibility import reported_line_meters
-from meterbridge.domain.invoices import Invoice, InvoiceLine, Meter, MeteredPrice
+from meterbridge.domain.invoices import (
+    VERIFY_METADATA_KEY,
+    Invoice,
+    InvoiceLine,
+    Meter,
+    MeteredPrice,
+)
 from meterbridge.domain.reports import meter_event_timestamp, plan_invoice, stripe_value_text
 from meterbridge.errors import MeterbridgeError
 
@@ -175,9 +181,14 @@ class Verifier:
         return f"meter {meter.id} ({event_name}), price {price.id}"
 
     def _create_subscription(self) -> str:
-        subscription = self._client.v1.subscriptions.create(
-            {"customer": self.state["customer"], "items": [{"price": self.state["price"]}]}
-        )
+        params: Any = {
+            "customer": self.state["customer"],
+            "items": [{"price": self.state["price"]}],
+            # The stack being checked leaves this subscription's invoices alone: verify
+            # reports itself, and leaves no ledger record or metric behind on the stack.
+            "metadata": {VERIFY_METADATA_KEY: "true"},
+        }
+        subscription = self._client.v1.subscriptions.create(params)
         self.state["subscription"] = subscription.id
         document = subscription.to_dict()
         items = (document.get("items") or {}).get("data") or [{}]
