@@ -104,6 +104,16 @@ class FakeLedger:
             )
             return Claim(report.identifier, 1, value, timestamp, now)
 
+    def note_also_billed(self, identifier: str, invoice_id: str, now: int) -> None:
+        with self._lock:
+            current = self.items.get(identifier)
+            if current is not None:
+                self.items[identifier] = dataclasses.replace(
+                    current,
+                    also_billed_on=current.also_billed_on | {invoice_id},
+                    updated_at=iso(now),
+                )
+
     def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None:
         def change(r: ReportRecord) -> ReportRecord:
             started = r.send_started_at if r.send_started_at is not None else now

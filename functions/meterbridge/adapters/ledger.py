@@ -174,6 +174,14 @@ class ReportItems(DynamoDbTable):
             return None
         return Claim(report.identifier, 1, value, timestamp, send_started_at=now)
 
+    def note_also_billed(self, identifier: str, invoice_id: str, now: int) -> None:
+        """Another invoice's lines bill this report's usage too (a shared meter)."""
+        update = Update().add_to_set("also_billed_on", [invoice_id]).set("updated_at", iso(now))
+        try:
+            self._write(_report_key(identifier), update, "attribute_exists(pk)")
+        except ConditionFailed:
+            return
+
     def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None:
         """Write down what is about to be sent, and when sending began, before sending it."""
         update = Update().set("value", str(value)).set("timestamp", timestamp)
@@ -507,6 +515,7 @@ def _report_record(item: dict[str, Any]) -> ReportRecord:
             or ([item["subscription_item_id"]] if item.get("subscription_item_id") else [])
         ),
         line_ids=tuple(item.get("line_ids") or ()),
+        also_billed_on=frozenset(item.get("also_billed_on") or ()),
         meter_event_name=item.get("meter_event_name"),
         value=_decimal(item, "value"),
         timestamp=_int(item, "timestamp"),

@@ -124,6 +124,9 @@ class ReportRecord:
     status: ReportStatus
     subscription_items: tuple[str, ...] = ()
     line_ids: tuple[str, ...] = ()  # the lines of `invoice_id` it is billed on
+    # Other invoices whose lines bill the same customer, meter and period (a shared meter:
+    # two subscriptions on one meter); the report was sent once, for `invoice_id`.
+    also_billed_on: frozenset[str] = frozenset()
     meter_event_name: str | None = None
     value: Decimal | None = None  # what was (or is about to be) sent
     timestamp: int | None = None  # the meter event's timestamp

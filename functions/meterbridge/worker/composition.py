@@ -185,6 +185,7 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
         ledger,
         queue=dependencies.confirm_queue,
         invoices=invoices,
+        planner=planner,
         hold=hold,
         policy=guard_policy,
     )

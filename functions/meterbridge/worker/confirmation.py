@@ -35,6 +35,7 @@ from meterbridge.messages import ConfirmRequest
 from meterbridge.observability import count, logger
 from meterbridge.worker.holding import DraftHold
 from meterbridge.worker.invoices import InvoiceReader
+from meterbridge.worker.planning import InvoicePlanner
 from meterbridge.worker.policy import GuardPolicy
 from meterbridge.worker.ports import ConfirmQueue, GuardLedger, Stripe
 
@@ -58,6 +59,7 @@ class Confirmation:
         *,
         queue: ConfirmQueue | None,
         invoices: InvoiceReader,
+        planner: InvoicePlanner,
         hold: DraftHold,
         policy: GuardPolicy,
     ):
@@ -65,6 +67,7 @@ class Confirmation:
         self._ledger = ledger
         self._queue = queue
         self._invoices = invoices
+        self._planner = planner
         self._hold = hold
         self._policy = policy
 
@@ -101,11 +104,15 @@ class Confirmation:
     def check(self, request: ConfirmRequest, now: int) -> CheckOutcome:
         """One look at Stripe's aggregates for an invoice's reports; queue the next one."""
         outcome = CheckOutcome(request.invoice_id)
-        reports = self._ledger.invoice_reports(request.invoice_id)
         record = self._ledger.invoice(request.invoice_id) or InvoiceRecord(
             request.invoice_id, request.customer_id
         )
         invoice = self._invoices.read(request.invoice_id)
+        # The invoice's reports by their identifiers (consistent reads): a report shared
+        # with another invoice (two subscriptions on one meter) belongs to this one too.
+        planned = [r.identifier for r in self._planner.plan(invoice).reports]
+        found = self._ledger.reports(planned)
+        reports = list(found.values())
         invoice_now = self._invoices.now(invoice, now)
         draft = invoice.status == "draft"
         finalizes_at = None
@@ -119,9 +126,9 @@ class Confirmation:
         confirmed = self._observe(invoice, reports, now, at_risk=at_risk)
         expected = [r for r in reports if r.status is not ReportStatus.SKIPPED]
         outcome.confirmed = sum(1 for r in expected if r.identifier in confirmed)
-        # The by_invoice index is eventually consistent: reports it does not show yet are
+        # Reports not claimed yet (reporting still running, or failed before) are
         # unconfirmed, never a reason to release a hold.
-        unseen = max(0, record.report_count - len(reports))
+        unseen = len(planned) - len(found)
         outcome.unconfirmed = len(expected) - outcome.confirmed + unseen
         decision = decide_after_check(
             CheckState(

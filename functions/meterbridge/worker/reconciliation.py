@@ -155,10 +155,14 @@ class InvoiceReconciliation:
             for r in _not_superseded(on_meter)
             if r.delivered and r.timestamp is not None and period.start <= r.timestamp < period.end
         ]
+        # Reports of other invoices on overlapping periods, or this one's that other
+        # invoices bill too: the meter is billed more than once.
         others = [
             r
             for r in on_meter
-            if r.invoice_id != invoice.id and overlaps(r.period, period) and r.delivered
+            if r.delivered
+            and overlaps(r.period, period)
+            and (r.invoice_id != invoice.id or r.also_billed_on - {invoice.id})
         ]
         refused = refusal(meter) is not None
         source = None if refused else self._source_now(invoice, meter, period)
@@ -232,7 +236,10 @@ class InvoiceReconciliation:
                 "invoiced_quantity": str(group.invoiced),
                 "expected_quantity": None if verdict.expected is None else str(verdict.expected),
                 "source_quantity": None if source is None else str(source),
-                "other_invoices": sorted({r.invoice_id for r in others}),
+                "other_invoices": sorted(
+                    {r.invoice_id for r in others}
+                    | {i for r in others for i in r.also_billed_on} - {invoice.id}
+                ),
             },
         )
 

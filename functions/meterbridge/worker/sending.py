@@ -138,6 +138,9 @@ class ReportSender:
         """What a report already done (sent, skipped or closed) means for `plan`'s invoice."""
         context = {"invoice_id": plan.invoice_id, "identifier": plan.identifier}
         if record.invoice_id != plan.invoice_id:
+            if plan.invoice_id not in record.also_billed_on:
+                # Written on the report, so the first invoice's reconciliation sees it too.
+                self._ledger.note_also_billed(plan.identifier, plan.invoice_id, int(self._clock()))
             count("SharedMeter")
             logger.error(
                 "the same usage is billed on another invoice's line (shared meter): reported"
