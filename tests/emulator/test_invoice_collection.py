@@ -1,5 +1,5 @@
 """Finalizing and collecting: what `auto_advance` leaves on the invoice (docs/stripe.md#S-FIN-1,
-S-FIN-2)."""
+S-FIN-2, S-FIN-4)."""
 
 from __future__ import annotations
 
@@ -106,3 +106,17 @@ def test_an_explicit_finalization_time_is_kept(
     events = client.v1.events.list({"type": "invoice.updated"}).data
     assert events[0].data.previous_attributes is not None
     assert events[0].data.previous_attributes["auto_advance"] is False
+
+
+def test_auto_advance_false_on_an_open_invoice_stops_its_collection(
+    client: stripe.StripeClient, emu: StripeEmulator
+) -> None:
+    """docs/stripe.md#S-FIN-4: on an open invoice auto_advance is automatic collection."""
+    _, held, _ = held_renewal(client, emu)
+    final = client.v1.invoices.finalize_invoice(held.id, {"auto_advance": True})
+    assert final.next_payment_attempt is not None
+    stopped = client.v1.invoices.update(final.id, {"auto_advance": False})
+    assert stopped.status == "open"
+    assert stopped.next_payment_attempt is None
+    resumed = client.v1.invoices.update(final.id, {"auto_advance": True})
+    assert resumed.next_payment_attempt is not None

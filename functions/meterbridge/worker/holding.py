@@ -45,6 +45,12 @@ class DraftHold:
         if recorded is None and invoice.auto_advance is False:
             # Someone else finalizes this draft by hand; it is not ours to release.
             return self._not_held(invoice, "auto_advance was already false", now)
+        # The event's copy says draft; Stripe may have finalized it since (an invoice_now
+        # cancellation, a late event). auto_advance=false on an open invoice stops its
+        # collection (docs/stripe.md#S-FIN-4): only a draft is held.
+        current = self._invoices.read(invoice.id)
+        if current.status != "draft":
+            return self._not_held(invoice, f"the invoice was already {current.status}", now)
         invoice_now = self._invoices.now(invoice, now)
         deadline = invoice.created + self._policy.hold_limit_seconds
         if invoice_now >= deadline:
@@ -58,7 +64,10 @@ class DraftHold:
         ):
             return HoldStatus.NOT_HELD
         try:
-            self._stripe.hold_invoice(invoice.id)
+            held = self._stripe.hold_invoice(invoice.id)
+            if held.get("status") != "draft":  # finalized between the read and the update
+                self._stripe.resume_invoice(invoice.id)  # collection on again
+                raise PermanentError(f"the invoice was finalized ({held.get('status')})")
         except PermanentError as error:  # e.g. finalized meanwhile: report anyway
             count("HoldFailed")
             logger.warning("could not hold the draft", extra={**context, "reason": str(error)})

@@ -248,9 +248,20 @@ class Invoicing:
             previous: Obj = {}
             auto_advance = as_bool(params, "auto_advance")
             finalizes_at = as_int(params, "automatically_finalizes_at")
+            if auto_advance is not None and invoice.get("status") not in ("draft", "open"):
+                raise invalid(
+                    f"auto_advance cannot be changed on a {invoice.get('status')} invoice.",
+                    param="auto_advance",
+                )
             if auto_advance is not None and auto_advance != invoice.get("auto_advance"):
                 previous["auto_advance"] = invoice.get("auto_advance")
                 invoice["auto_advance"] = auto_advance
+                if invoice.get("status") == "open":
+                    # On an open invoice auto_advance is automatic collection
+                    # (docs/stripe.md#S-FIN-4): off, no payment attempt is scheduled.
+                    charged = invoice["collection_method"] == "charge_automatically"
+                    collects = auto_advance and charged and invoice["amount_due"] > 0
+                    invoice["next_payment_attempt"] = now if collects else None
             if invoice.get("status") == "draft" and (
                 "auto_advance" in previous or finalizes_at is not None
             ):
