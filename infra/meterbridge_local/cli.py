@@ -124,7 +124,12 @@ def register_demo(subparsers: Any) -> None:
         "shows the lost and double-counted usage; exits 1",
     )
     parser.add_argument(
-        "--months", type=int, default=2, choices=(1, 2), help="renewals to run (default 2)"
+        "--months",
+        type=int,
+        default=2,
+        choices=(1, 2),
+        help="renewals to run (default 2, the most that fit: the test clock starts 32 days"
+        " back so that every meter event timestamp stays inside Stripe's 35-day window)",
     )
     parser.set_defaults(run=_run_demo)
 

@@ -23,6 +23,7 @@ from tests.support.ops import (
     counted_by_stripe,
     identifier,
     queue_with_dead_letters,
+    wait_for_messages,
 )
 from tests.support.worker import USAGE
 
@@ -286,7 +287,7 @@ def test_poison_event_to_dead_letter_queue_then_fix_replay_and_status_shows_sent
     case: Case, aws: MotoServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The issue's "done when", as the runbook tells an operator to do it."""
-    queue, _ = queue_with_dead_letters("poison", max_receive_count=2)
+    queue, dead_letters = queue_with_dead_letters("poison", max_receive_count=2)
     queue_arn = boto3.client("sqs").get_queue_attributes(
         QueueUrl=queue, AttributeNames=["QueueArn"]
     )["Attributes"]["QueueArn"]
@@ -313,6 +314,9 @@ def test_poison_event_to_dead_letter_queue_then_fix_replay_and_status_shows_sent
     event = support.invoice_created(invoice)
     support.enqueue(queue, event)
     assert poller.drain(timeout=30)
+    # SQS moves a message to the dead-letter queue on a receive, asynchronously to the
+    # source queue emptying: wait for it to arrive there, as an operator would.
+    assert wait_for_messages(dead_letters, 1, timeout=10)
     where = ["--queue-url", queue, "--ledger-table", case.table]
 
     code, output = cli(capsys, "dlq", "list", *where)

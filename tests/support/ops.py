@@ -2,6 +2,7 @@
 and a case of one customer whose invoices real worker runs wrote into the ledger."""
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -85,3 +86,18 @@ def queue_with_dead_letters(name: str, max_receive_count: int) -> tuple[str, str
         QueueName=f"{name}-{suffix}", Attributes={"RedrivePolicy": json.dumps(redrive)}
     )["QueueUrl"]
     return str(queue), str(dlq)
+
+
+def wait_for_messages(queue_url: str, count: int, timeout: float) -> bool:
+    """True once `queue_url` holds at least `count` messages (visible or not)."""
+    sqs = boto3.client("sqs")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if sum(int(value) for value in attributes.values()) >= count:
+            return True
+        time.sleep(0.05)
+    return False
