@@ -65,6 +65,25 @@ def test_the_second_subscription_on_a_shared_meter_is_a_mismatch(world: UnitWorl
     assert any("shared_meter" in finding for finding in record.findings)
 
 
+def test_the_first_subscription_on_a_shared_meter_is_a_mismatch_too(world: UnitWorld) -> None:
+    """The report was sent for the first invoice; the second invoice's line bills it as
+    well. The first invoice alone looks right (12000 billed, 12000 used), yet the customer
+    pays twice: the report remembers the other invoice and the verdict says so."""
+    world.set_usage("12000")
+    first, second = world.draft(), world.draft()
+    world.created(first, "evt_1")
+    world.created(second, "evt_2")
+    report = world.ledger.report(world.identifier())
+    assert report is not None
+    assert report.also_billed_on == frozenset({second["id"]})
+    world.bill(first, 12000)
+    assert world.finalized(first, "evt_f1").result == "mismatch"
+    report = world.ledger.report(world.identifier())
+    assert report is not None
+    assert report.reconciliation is not None
+    assert report.reconciliation.reason == "shared_meter"
+
+
 @pytest.mark.parametrize(
     ("sent", "source_now", "invoiced", "reason"),
     [
