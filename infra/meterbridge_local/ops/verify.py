@@ -215,7 +215,7 @@ class Verifier:
         if draft.status != "draft":
             raise CheckFailed(f"renewal {draft.id} is already {draft.status!r}, not a draft")
         finalizes = draft.automatically_finalizes_at
-        self.state["finalizes_at"] = finalizes
+        self.state["automatically_finalizes_at"] = finalizes
         return f"{draft.id}, finalizes at {_when(finalizes) if finalizes else 'unknown'}"
 
     def _report_usage(self) -> str:
@@ -292,7 +292,7 @@ class Verifier:
         return f"aggregated_value {observed} while {invoice.id} is still a draft"
 
     def _advance_past_grace(self) -> str:
-        finalizes = self.state.get("finalizes_at") or self.state["period_end"] + 3600
+        finalizes = self.state.get("automatically_finalizes_at") or self.state["period_end"] + 3600
         target = int(finalizes) + 60
         self._advance(target)
         return f"clock ready at {_when(target)}"
