@@ -46,6 +46,9 @@ class FakeLedger:
         self.invoices: dict[str, InvoiceRecord] = {}
         self.events: dict[str, int] = {}  # event id → expires at
         self.streams: dict[str, list[str]] = {}  # v2 stream request key → identifiers
+        # Reports the by_invoice and by_customer indexes do not show yet: DynamoDB's global
+        # secondary indexes are eventually consistent (reads by key are not).
+        self.unindexed: set[str] = set()
         self._lock = threading.RLock()
 
     # reports
@@ -307,14 +310,17 @@ class FakeLedger:
             return True
 
     def invoice_reports(self, invoice_id: str) -> list[ReportRecord]:
-        return [r for r in self.reports.values() if r.invoice_id == invoice_id]
+        return [r for r in self._indexed() if r.invoice_id == invoice_id]
 
     def customer_reports(self, customer_id: str, since: int) -> list[ReportRecord]:
         return [
             r
-            for r in self.reports.values()
+            for r in self._indexed()
             if r.customer_id == customer_id and r.created_at >= iso(since)
         ]
+
+    def _indexed(self) -> list[ReportRecord]:
+        return [r for r in self.reports.values() if r.identifier not in self.unindexed]
 
     # events
     def event_seen(self, event_id: str, now: int) -> bool:
@@ -366,8 +372,9 @@ class SentEvent:
 
 class FakeStripe:
     """Invoices, prices, meters and meter events as dicts; `fail` makes the next calls of a
-    method raise the given error. Every meter event is counted at once (no aggregation lag)
-    unless `counting` is switched off."""
+    method raise the given error, `watch` runs something when a method is called (before
+    any failure: what changed in Stripe meanwhile). Every meter event is counted at once
+    (no aggregation lag) unless `counting` is switched off."""
 
     def __init__(self) -> None:
         self.invoices: dict[str, dict[str, Any]] = {}
@@ -381,13 +388,19 @@ class FakeStripe:
         self.calls: list[str] = []
         self.attempts: list[int] = []  # create_meter_event's `attempt`, call by call
         self._failures: dict[str, list[Exception]] = {}
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._ids = itertools.count(1)
 
     def fail(self, method: str, *errors: Exception) -> None:
         self._failures.setdefault(method, []).extend(errors)
 
+    def watch(self, method: str, action: Callable[[], None]) -> None:
+        self._watchers.setdefault(method, []).append(action)
+
     def _call(self, method: str) -> None:
         self.calls.append(method)
+        for action in self._watchers.get(method, []):
+            action()
         pending = self._failures.get(method)
         if pending:
             raise pending.pop(0)
@@ -503,9 +516,10 @@ class FakeStripe:
         return invoice
 
     def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """The gateway finalizes with auto_advance=true (so that Stripe collects it)."""
         self._call("finalize_invoice")
         invoice = self.invoices[invoice_id]
-        invoice.update(status="open", automatically_finalizes_at=None)
+        invoice.update(status="open", auto_advance=True, automatically_finalizes_at=None)
         return invoice
 
     # invoices
