@@ -93,7 +93,7 @@ class FakeLedger:
             if report.identifier in self.reports:
                 return None
             self.reports[report.identifier] = dataclasses.replace(
-                _planned(report, now),
+                _with_plan(_planned(report, now), report),
                 status=ReportStatus.PENDING,
                 lease_expires_at=now + lease_seconds,
                 attempts=1,
@@ -235,9 +235,11 @@ class FakeLedger:
             current = self.reports.get(identifier)
             if current is None or current.confirmed:
                 return False
+            # Only the status: the last check's numbers stay, as on DynamoDB.
+            before = current.confirmation or Confirmation(status=ConfirmationStatus.SUSPECT)
             self.reports[identifier] = dataclasses.replace(
                 current,
-                confirmation=Confirmation(status=ConfirmationStatus.SUSPECT),
+                confirmation=dataclasses.replace(before, status=ConfirmationStatus.SUSPECT),
                 stripe_error_code=code,
                 stripe_error_event_id=event_id,
                 last_error=message[:1000],
@@ -299,6 +301,7 @@ class FakeLedger:
                 return False
             self.invoices[invoice_id] = dataclasses.replace(
                 current,
+                customer_id=customer_id,
                 hold_status=HoldStatus.HOLDING,
                 held_at=current.held_at if current.held_at is not None else now,
                 hold_deadline=hold_deadline,
@@ -313,11 +316,13 @@ class FakeLedger:
         return [r for r in self._indexed() if r.invoice_id == invoice_id]
 
     def customer_reports(self, customer_id: str, since: int) -> list[ReportRecord]:
-        return [
+        """Oldest claim first, as the by_customer index sorts them."""
+        found = [
             r
             for r in self._indexed()
             if r.customer_id == customer_id and r.created_at >= iso(since)
         ]
+        return sorted(found, key=lambda r: r.created_at)
 
     def _indexed(self) -> list[ReportRecord]:
         return [r for r in self.reports.values() if r.identifier not in self.unindexed]
