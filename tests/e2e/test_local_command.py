@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import stripe
 
+from tests.support.stripe_objects import new_meter, new_metered_price
+
 pytestmark = pytest.mark.e2e
 
 DAY = 86_400
@@ -120,21 +122,8 @@ def _aggregated(client: stripe.StripeClient, meter_id: str, customer: str, perio
 
 def test_default_local_stack_reports_usage_fed_over_http(local_process: dict[str, str]):
     client = _client(local_process["stripe"])
-    meter = client.v1.billing.meters.create(
-        {
-            "display_name": "API requests",
-            "event_name": "api_requests",
-            "default_aggregation": {"formula": "sum"},
-        }
-    )
-    price = client.v1.prices.create(
-        {
-            "currency": "usd",
-            "unit_amount_decimal": Decimal("0.5"),
-            "product_data": {"name": "API"},
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        }
-    )
+    meter = new_meter(client, event_name="api_requests")  # the name the usage is fed under
+    price = new_metered_price(client, meter.id)
     clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(time.time()) - 32 * DAY})
     customer = client.v1.customers.create({"test_clock": clock.id})
     subscription = client.v1.subscriptions.create(

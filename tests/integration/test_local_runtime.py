@@ -24,6 +24,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model, SqsModel
 
+from meterbridge.adapters.queue import SqsQueue
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.lambda_runtime import (
     FunctionConfig,
@@ -174,14 +175,7 @@ class Worker:
     sqs: Any
 
     def send(self, body: str, **attributes: str) -> None:
-        self.sqs.send_message(
-            QueueUrl=self.definition.sqs_event_sources[0].queue_url,
-            MessageBody=body,
-            MessageAttributes={
-                name: {"DataType": "String", "StringValue": value}
-                for name, value in attributes.items()
-            },
-        )
+        SqsQueue(self.definition.sqs_event_sources[0].queue_url, self.sqs).send(body, attributes)
 
     def poller(
         self, handler: Recorder, visibility_timeout: int | None = None, **changes: Any
