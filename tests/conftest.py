@@ -5,7 +5,23 @@ from collections.abc import Iterator
 
 import pytest
 
+from meterbridge.observability import metrics
 from meterbridge_local.aws import MotoServer
+
+# Python 3.13's pdb (which pytest imports) imports readline, and GNU readline exports COLUMNS=80
+# and LINES=24 to the C environment: the worker processes pytest-xdist starts would inherit
+# an 80-column terminal this process never had, and wrap the operator CLI's output.
+for _name in ("COLUMNS", "LINES"):
+    if _name not in os.environ:
+        os.unsetenv(_name)
+
+
+@pytest.fixture(autouse=True)
+def no_metrics_from_earlier_tests() -> None:
+    """Powertools keeps metrics in one buffer per process until a handler flushes it: a test
+    that steps the worker without its handler would otherwise leave metrics for whichever
+    test of the process flushes next (pytest-xdist runs the files in any order)."""
+    metrics.clear_metrics()
 
 
 @pytest.fixture(scope="session")
