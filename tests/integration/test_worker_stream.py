@@ -5,6 +5,9 @@ import time
 from collections import Counter
 from typing import Any
 
+import boto3
+
+from meterbridge.adapters.aws_clients import ledger_client_config
 from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.stripe_emulator import StripeEmulator
@@ -52,6 +55,9 @@ def test_v2_streams_up_to_100_events_per_request_exactly_once(
     billing = Billing(fresh_emulator_faults)
     invoices, customer = renewals(billing, 120)
     events = [invoice_created(invoice) for invoice in invoices]
+    # moto answers 120 threads from inside this process, which the other tests' processes
+    # share the cores with: no DynamoDB's 2-second read timeout.
+    dynamodb = boto3.client("dynamodb", config=ledger_client_config(240, read_timeout_seconds=60))
     worker = make_worker(
         fresh_emulator_faults,
         ledger_table,
@@ -62,6 +68,7 @@ def test_v2_streams_up_to_100_events_per_request_exactly_once(
             "STREAM_LINGER_SECONDS": "5",
             "INVOICE_GUARD": "off",
         },
+        dynamodb=dynamodb,
     )
 
     until_done(worker, direct_batch(events))
