@@ -83,9 +83,10 @@ def _exported(export_line: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in export_line.split()[1:])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_process() -> Iterator[dict[str, str]]:
-    """`meterbridge local --port 0` in its own process; yields what it printed, by label."""
+    """`meterbridge local --port 0` in its own process, shared by the module's tests (each
+    uses its own Stripe objects); yields what it printed, by label."""
     process = _local()
     try:
         printed = _labelled(_read_until(process, "curl -X POST"))
