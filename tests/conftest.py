@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,30 @@ from meterbridge_local.aws import MotoServer
 for _name in ("COLUMNS", "LINES"):
     if _name not in os.environ:
         os.unsetenv(_name)
+
+
+# Tests that start whole local stacks in their own processes (`meterbridge demo`, `local`)
+# run one after another on one pytest-xdist worker: several at once on a 2-core machine
+# starve each other past their timeouts.
+LOCAL_STACK_TESTS = ("tests/e2e/", "tests/integration/test_local_runtime.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (pyproject.toml), with the local-stack files as one file.
+
+    Overrides `_split_scope`, the method by which xdist's own LoadFileScheduling differs from
+    LoadScopeScheduling (its `--dist loadgroup` marks are lost on pytest 9's node ids)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesWithLocalStacksTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "local stacks" if path.startswith(LOCAL_STACK_TESTS) else path
+
+    return FilesWithLocalStacksTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
