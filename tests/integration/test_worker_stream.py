@@ -35,6 +35,14 @@ def renewals(billing: Billing, count: int) -> tuple[list[dict[str, Any]], str]:
     return invoices, customer["id"]
 
 
+def patient_dynamodb() -> Any:
+    """The worker's ledger client with a 60 s read timeout instead of 2 s: moto answers the
+    batch's many threads from inside this process, which shares the cores with the other
+    test processes. A timed-out conditional write that botocore retries comes back as
+    ConditionalCheckFailed, and the worker then waits out its own lease."""
+    return boto3.client("dynamodb", config=ledger_client_config(240, read_timeout_seconds=60))
+
+
 def handle(worker: worker_module.Worker, batch: dict[str, Any]) -> set[str]:
     return failed_ids(worker_module.handler(batch, FakeLambdaContext(), worker=worker))
 
@@ -55,9 +63,6 @@ def test_v2_streams_up_to_100_events_per_request_exactly_once(
     billing = Billing(fresh_emulator_faults)
     invoices, customer = renewals(billing, 120)
     events = [invoice_created(invoice) for invoice in invoices]
-    # moto answers 120 threads from inside this process, which the other tests' processes
-    # share the cores with: no DynamoDB's 2-second read timeout.
-    dynamodb = boto3.client("dynamodb", config=ledger_client_config(240, read_timeout_seconds=60))
     worker = make_worker(
         fresh_emulator_faults,
         ledger_table,
@@ -68,7 +73,7 @@ def test_v2_streams_up_to_100_events_per_request_exactly_once(
             "STREAM_LINGER_SECONDS": "5",
             "INVOICE_GUARD": "off",
         },
-        dynamodb=dynamodb,
+        dynamodb=patient_dynamodb(),
     )
 
     until_done(worker, direct_batch(events))
@@ -131,6 +136,7 @@ def test_rate_limit_is_found_without_a_429_storm(
         ledger_table,
         queue_url,
         env={"BATCH_CONCURRENCY": "64", "METER_EVENT_RATE": "60", "INVOICE_GUARD": "off"},
+        dynamodb=patient_dynamodb(),
     )
     fresh_emulator_faults.set_faults(meter_event_rate_limit=20)
     try:
