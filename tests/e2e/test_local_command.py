@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -42,12 +43,14 @@ def _local(*args: str, environment: dict[str, str] | None = None) -> subprocess.
 
 
 def _read_until(process: subprocess.Popen[str], last: str) -> list[str]:
-    """Lines printed up to the one containing `last` (the process keeps running)."""
+    """Lines printed up to the one containing `last` (the process keeps running). What it
+    prints later (its handlers' logs) is read and dropped: a full pipe would block them."""
     assert process.stdout is not None
     lines = []
     for line in process.stdout:
         lines.append(line.rstrip("\n"))
         if last in line:
+            threading.Thread(target=process.stdout.read, daemon=True).start()
             return lines
     raise AssertionError(f"exited before printing {last!r}: {lines}")
 

@@ -465,6 +465,8 @@ def test_meterbridge_local_serves_the_real_webhook_and_stops_on_ctrl_c() -> None
                 aws_endpoint = line.split()[-1]
             if line.startswith("  export"):
                 break
+        # The handlers' logs that follow are read and dropped: a full pipe would block them.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         assert webhook_url.endswith("/stripe/webhook"), "".join(printed)
         assert f"AWS_ENDPOINT_URL={aws_endpoint}" in printed[-1]
         ignored = json.dumps(
