@@ -138,7 +138,8 @@ def test_rate_limit_is_found_without_a_429_storm(
         env={"BATCH_CONCURRENCY": "64", "METER_EVENT_RATE": "60", "INVOICE_GUARD": "off"},
         dynamodb=patient_dynamodb(),
     )
-    fresh_emulator_faults.set_faults(meter_event_rate_limit=20)
+    # Low enough that a worker slowed by the other test processes still meets it.
+    fresh_emulator_faults.set_faults(meter_event_rate_limit=10)
     try:
         until_done(worker, direct_batch([invoice_created(invoice) for invoice in invoices]))
     finally:
