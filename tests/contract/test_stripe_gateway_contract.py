@@ -24,6 +24,7 @@ from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
 from meterbridge_local.stripe_emulator.contract import ContractRecorder
 from tests.support.stripe_contract import assert_conforms, enable
+from tests.support.stripe_objects import new_meter, new_metered_price
 
 DAY = 86_400
 API_KEY = "sk_test_gateway_contract"
@@ -57,21 +58,8 @@ def world() -> Iterator[World]:
         )
         start = int(time.time()) - 32 * DAY
         start -= start % 60
-        meter = client.v1.billing.meters.create(
-            {
-                "display_name": "API calls",
-                "event_name": "api_calls",
-                "default_aggregation": {"formula": "sum"},
-            }
-        )
-        price = client.v1.prices.create(
-            {
-                "currency": "usd",
-                "unit_amount": 5,
-                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-                "product_data": {"name": "API"},
-            }
-        )
+        meter = new_meter(client, event_name="api_calls")
+        price = new_metered_price(client, meter.id, unit_amount=5)
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
         customer = client.v1.customers.create({"name": "Acme", "test_clock": clock.id})
         subscription = client.v1.subscriptions.create(

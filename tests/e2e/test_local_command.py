@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 import stripe
+
+from tests.support.stripe_objects import new_meter, new_metered_price
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +43,14 @@ def _local(*args: str, environment: dict[str, str] | None = None) -> subprocess.
 
 
 def _read_until(process: subprocess.Popen[str], last: str) -> list[str]:
-    """Lines printed up to the one containing `last` (the process keeps running)."""
+    """Lines printed up to the one containing `last` (the process keeps running). What it
+    prints later (its handlers' logs) is read and dropped: a full pipe would block them."""
     assert process.stdout is not None
     lines = []
     for line in process.stdout:
         lines.append(line.rstrip("\n"))
         if last in line:
+            threading.Thread(target=process.stdout.read, daemon=True).start()
             return lines
     raise AssertionError(f"exited before printing {last!r}: {lines}")
 
@@ -81,9 +86,10 @@ def _exported(export_line: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in export_line.split()[1:])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_process() -> Iterator[dict[str, str]]:
-    """`meterbridge local --port 0` in its own process; yields what it printed, by label."""
+    """`meterbridge local --port 0` in its own process, shared by the module's tests (each
+    uses its own Stripe objects); yields what it printed, by label."""
     process = _local()
     try:
         printed = _labelled(_read_until(process, "curl -X POST"))
@@ -120,21 +126,8 @@ def _aggregated(client: stripe.StripeClient, meter_id: str, customer: str, perio
 
 def test_default_local_stack_reports_usage_fed_over_http(local_process: dict[str, str]):
     client = _client(local_process["stripe"])
-    meter = client.v1.billing.meters.create(
-        {
-            "display_name": "API requests",
-            "event_name": "api_requests",
-            "default_aggregation": {"formula": "sum"},
-        }
-    )
-    price = client.v1.prices.create(
-        {
-            "currency": "usd",
-            "unit_amount_decimal": Decimal("0.5"),
-            "product_data": {"name": "API"},
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        }
-    )
+    meter = new_meter(client, event_name="api_requests")  # the name the usage is fed under
+    price = new_metered_price(client, meter.id)
     clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(time.time()) - 32 * DAY})
     customer = client.v1.customers.create({"test_clock": clock.id})
     subscription = client.v1.subscriptions.create(

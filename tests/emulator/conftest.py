@@ -13,6 +13,7 @@ import pytest
 import stripe
 
 from meterbridge_local.stripe_emulator import EmulatorConfig, StripeEmulator
+from tests.support.stripe_objects import new_meter, new_metered_price
 
 DAY = 86400
 
@@ -127,21 +128,8 @@ def metered_plan(
     """Clock starts ~32 days back so a month's timestamps stay inside Stripe's 35-day window."""
     start = minute_floor(time.time() - days_ago * DAY)
     event_name = f"api_calls_{start}_{time.monotonic_ns()}"
-    meter = client.v1.billing.meters.create(
-        {
-            "display_name": "API calls",
-            "event_name": event_name,
-            "default_aggregation": {"formula": formula},
-        }
-    )
-    price = client.v1.prices.create(
-        {
-            "currency": "usd",
-            "unit_amount": unit_amount,
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-            "product_data": {"name": "API"},
-        }
-    )
+    meter = new_meter(client, event_name=event_name, formula=formula)
+    price = new_metered_price(client, meter.id, unit_amount=unit_amount)
     clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
     customer = client.v1.customers.create({"name": "Acme", "test_clock": clock.id})
     return MeteredPlan(meter, price, clock, customer, start)

@@ -88,7 +88,8 @@ def test_renewal_draft_then_finalization_with_aggregated_usage(
         for r in sink.received
         if b'"invoice.created"' in r.body
     ]
-    assert [e.data.object.id for e in created][-1] == draft.id
+    # Deliveries overlap: the first invoice's may still arrive after the renewal's.
+    assert draft.id in [e.data.object.id for e in created]
     stripe.WebhookSignature.verify_header(
         sink.received[0].body.decode(), sink.received[0].signature, endpoint.secret or ""
     )

@@ -24,6 +24,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model, SqsModel
 
+from meterbridge.adapters.queue import SqsQueue
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.lambda_runtime import (
     FunctionConfig,
@@ -174,14 +175,7 @@ class Worker:
     sqs: Any
 
     def send(self, body: str, **attributes: str) -> None:
-        self.sqs.send_message(
-            QueueUrl=self.definition.sqs_event_sources[0].queue_url,
-            MessageBody=body,
-            MessageAttributes={
-                name: {"DataType": "String", "StringValue": value}
-                for name, value in attributes.items()
-            },
-        )
+        SqsQueue(self.definition.sqs_event_sources[0].queue_url, self.sqs).send(body, attributes)
 
     def poller(
         self, handler: Recorder, visibility_timeout: int | None = None, **changes: Any
@@ -471,6 +465,8 @@ def test_meterbridge_local_serves_the_real_webhook_and_stops_on_ctrl_c() -> None
                 aws_endpoint = line.split()[-1]
             if line.startswith("  export"):
                 break
+        # The handlers' logs that follow are read and dropped: a full pipe would block them.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         assert webhook_url.endswith("/stripe/webhook"), "".join(printed)
         assert f"AWS_ENDPOINT_URL={aws_endpoint}" in printed[-1]
         ignored = json.dumps(

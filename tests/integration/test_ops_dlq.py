@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from meterbridge.adapters.ledger import DynamoDbLedger
+from meterbridge.adapters.queue import SqsQueue
 from meterbridge.domain.records import InvoiceChanges, InvoiceStatus
 from meterbridge_local.aws import MotoServer
 from meterbridge_local.cli import main
@@ -75,11 +76,7 @@ def test_replay_restores_every_message_once_with_body_and_attributes_unchanged(
     boto3.client("sqs").send_message(QueueUrl=queues["dlq"], MessageBody="not json at all")
     originals = everything(queues["dlq"])
     for body, attributes in originals:  # put them back exactly as they were
-        boto3.client("sqs").send_message(
-            QueueUrl=queues["dlq"],
-            MessageBody=body,
-            MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes},
-        )
+        SqsQueue(queues["dlq"], boto3.client("sqs")).send(body, dict(attributes))
 
     code, output = cli(capsys, "dlq", "replay", "--queue-url", queues["queue"])
 

@@ -5,6 +5,9 @@ import time
 from collections import Counter
 from typing import Any
 
+import boto3
+
+from meterbridge.adapters.aws_clients import ledger_client_config
 from meterbridge.adapters.ledger import DynamoDbLedger as Ledger
 from meterbridge.handlers import worker as worker_module
 from meterbridge_local.stripe_emulator import StripeEmulator
@@ -30,6 +33,14 @@ def renewals(billing: Billing, count: int) -> tuple[list[dict[str, Any]], str]:
     periods = [(now - 30 * DAY - 60 * n, now - 60 * (n + 1)) for n in range(count)]
     invoices = [billing.renewal(customer["id"], [price], period=p) for p in periods]
     return invoices, customer["id"]
+
+
+def patient_dynamodb() -> Any:
+    """The worker's ledger client with a 60 s read timeout instead of 2 s: moto answers the
+    batch's many threads from inside this process, which shares the cores with the other
+    test processes. A timed-out conditional write that botocore retries comes back as
+    ConditionalCheckFailed, and the worker then waits out its own lease."""
+    return boto3.client("dynamodb", config=ledger_client_config(240, read_timeout_seconds=60))
 
 
 def handle(worker: worker_module.Worker, batch: dict[str, Any]) -> set[str]:
@@ -62,6 +73,7 @@ def test_v2_streams_up_to_100_events_per_request_exactly_once(
             "STREAM_LINGER_SECONDS": "5",
             "INVOICE_GUARD": "off",
         },
+        dynamodb=patient_dynamodb(),
     )
 
     until_done(worker, direct_batch(events))
@@ -124,8 +136,10 @@ def test_rate_limit_is_found_without_a_429_storm(
         ledger_table,
         queue_url,
         env={"BATCH_CONCURRENCY": "64", "METER_EVENT_RATE": "60", "INVOICE_GUARD": "off"},
+        dynamodb=patient_dynamodb(),
     )
-    fresh_emulator_faults.set_faults(meter_event_rate_limit=20)
+    # Low enough that a worker slowed by the other test processes still meets it.
+    fresh_emulator_faults.set_faults(meter_event_rate_limit=10)
     try:
         until_done(worker, direct_batch([invoice_created(invoice) for invoice in invoices]))
     finally:

@@ -47,6 +47,9 @@ class FakeLedger:
         self.invoices: dict[str, InvoiceRecord] = {}
         self.events: dict[str, int] = {}  # event id → expires at
         self.streams: dict[str, list[str]] = {}  # v2 stream request key → identifiers
+        # Reports the by_invoice and by_customer indexes do not show yet: DynamoDB's global
+        # secondary indexes are eventually consistent (reads by key are not).
+        self.unindexed: set[str] = set()
         self._lock = threading.RLock()
 
     # reports
@@ -94,7 +97,7 @@ class FakeLedger:
             if report.identifier in self.items:
                 return None
             self.items[report.identifier] = dataclasses.replace(
-                _planned(report, now),
+                _with_plan(_planned(report, now), report),
                 status=ReportStatus.PENDING,
                 lease_expires_at=now + lease_seconds,
                 attempts=1,
@@ -246,9 +249,11 @@ class FakeLedger:
             current = self.items.get(identifier)
             if current is None or current.confirmed:
                 return False
+            # Only the status: the last check's numbers stay, as on DynamoDB.
+            before = current.confirmation or Confirmation(status=ConfirmationStatus.SUSPECT)
             self.items[identifier] = dataclasses.replace(
                 current,
-                confirmation=Confirmation(status=ConfirmationStatus.SUSPECT),
+                confirmation=dataclasses.replace(before, status=ConfirmationStatus.SUSPECT),
                 stripe_error_code=code,
                 stripe_error_event_id=event_id,
                 last_error=message[:1000],
@@ -310,6 +315,7 @@ class FakeLedger:
                 return False
             self.invoices[invoice_id] = dataclasses.replace(
                 current,
+                customer_id=customer_id,
                 hold_status=HoldStatus.HOLDING,
                 held_at=current.held_at if current.held_at is not None else now,
                 hold_deadline=hold_deadline,
@@ -321,14 +327,19 @@ class FakeLedger:
             return True
 
     def invoice_reports(self, invoice_id: str) -> list[ReportRecord]:
-        return [r for r in self.items.values() if r.invoice_id == invoice_id]
+        return [r for r in self._indexed() if r.invoice_id == invoice_id]
 
     def customer_reports(self, customer_id: str, since: int) -> list[ReportRecord]:
-        return [
+        """Oldest claim first, as the by_customer index sorts them."""
+        found = [
             r
-            for r in self.items.values()
+            for r in self._indexed()
             if r.customer_id == customer_id and r.created_at >= iso(since)
         ]
+        return sorted(found, key=lambda r: r.created_at)
+
+    def _indexed(self) -> list[ReportRecord]:
+        return [r for r in self.items.values() if r.identifier not in self.unindexed]
 
     # events
     def event_seen(self, event_id: str, now: int) -> bool:
@@ -380,8 +391,9 @@ class SentEvent:
 
 class FakeStripe:
     """Invoices, prices, meters and meter events as dicts; `fail` makes the next calls of a
-    method raise the given error. Every meter event is counted at once (no aggregation lag)
-    unless `counting` is switched off."""
+    method raise the given error, `watch` runs something when a method is called (before
+    any failure: what changed in Stripe meanwhile). Every meter event is counted at once
+    (no aggregation lag) unless `counting` is switched off."""
 
     def __init__(self) -> None:
         self.invoices: dict[str, dict[str, Any]] = {}
@@ -397,13 +409,19 @@ class FakeStripe:
         self.calls: list[str] = []
         self.attempts: list[int] = []  # create_meter_event's `attempt`, call by call
         self._failures: dict[str, list[Exception]] = {}
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._ids = itertools.count(1)
 
     def fail(self, method: str, *errors: Exception) -> None:
         self._failures.setdefault(method, []).extend(errors)
 
+    def watch(self, method: str, action: Callable[[], None]) -> None:
+        self._watchers.setdefault(method, []).append(action)
+
     def _call(self, method: str) -> None:
         self.calls.append(method)
+        for action in self._watchers.get(method, []):
+            action()
         pending = self._failures.get(method)
         if pending:
             raise pending.pop(0)
@@ -522,9 +540,10 @@ class FakeStripe:
         return invoice
 
     def finalize_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """The gateway finalizes with auto_advance=true (so that Stripe collects it)."""
         self._call("finalize_invoice")
         invoice = self.invoices[invoice_id]
-        invoice.update(status="open", automatically_finalizes_at=None)
+        invoice.update(status="open", auto_advance=True, automatically_finalizes_at=None)
         return invoice
 
     # invoices

@@ -32,6 +32,7 @@ from meterbridge_local.ledger_reader import LedgerReader
 from meterbridge_local.ops.report import InvoiceReRun, ReportingTools
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.lambda_context import FakeLambdaContext
+from tests.support.stripe_objects import new_meter, new_metered_price
 from tests.support.worker import API_KEY, WORKER_QUEUE_ARN, enqueue, make_worker
 
 DAY = 86_400
@@ -164,10 +165,7 @@ class Scenario:
         self.client = stripe.StripeClient(
             API_KEY, base_addresses={"api": emulator.url, "meter_events": emulator.url}
         )
-        name = f"calls_{uuid.uuid4().hex[:10]}"
-        self.meter = self.client.v1.billing.meters.create(
-            {"display_name": name, "event_name": name, "default_aggregation": {"formula": formula}}
-        )
+        self.meter = new_meter(self.client, formula=formula)
         self.price = self.metered_price()
         start = int(time.time()) - 32 * DAY
         self.start = start - start % 60
@@ -193,13 +191,7 @@ class Scenario:
 
     # Stripe objects
     def metered_price(self, amount: str = "0.5") -> Any:
-        params: Any = {
-            "currency": "usd",
-            "unit_amount_decimal": amount,
-            "product_data": {"name": "API calls"},
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": self.meter.id},
-        }
-        return self.client.v1.prices.create(params)
+        return new_metered_price(self.client, self.meter.id, unit_amount_decimal=amount)
 
     def seat_price(self) -> Any:
         return self.client.v1.prices.create(

@@ -1,6 +1,10 @@
 """The worker's pipeline on in-memory fakes (tests/support/fakes.py): business rules tested
 without moto or the emulator. Built by the same composition root as the deployed worker."""
 
+import copy
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -8,8 +12,10 @@ from typing import Any
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.reports import report_identifier
 from meterbridge.handlers.worker import Worker
-from meterbridge.messages import EventEnvelope
+from meterbridge.messages import ConfirmRequest, EventEnvelope
+from meterbridge.observability import metrics
 from meterbridge.worker.composition import Dependencies, Pipeline, build_pipeline, worker_settings
+from meterbridge.worker.confirmation import CheckOutcome
 from meterbridge.worker.reporting import EventOutcome
 from tests.support.fakes import FakeLedger, FakeQueue, FakeStripe, FakeUsage
 
@@ -87,13 +93,15 @@ class UnitWorld:
         self.usage.values[(customer, (meter or self.meter)["event_name"])] = value
 
     def created(self, invoice: dict[str, Any], event_id: str = "evt_created") -> EventOutcome:
+        """invoice.created with a snapshot of `invoice` as it is now (later changes in Stripe,
+        such as a hold, do not reach an event already made)."""
         event = {
             "id": event_id,
             "object": "event",
             "type": "invoice.created",
             "created": NOW,
             "livemode": False,
-            "data": {"object": invoice},
+            "data": {"object": copy.deepcopy(invoice)},
         }
         envelope = EventEnvelope.from_event(event)
         return self.worker.route(envelope, event)
@@ -116,5 +124,44 @@ class UnitWorld:
             line["quantity_decimal"] = str(quantity)
             line["quantity"] = int(Decimal(str(quantity)))
 
-    def identifier(self, customer: str = "cus_1", meter: Any = None, revision: int = 0) -> str:
-        return report_identifier(customer, (meter or self.meter)["id"], PERIOD, revision)
+    def identifier(
+        self,
+        customer: str = "cus_1",
+        meter: Any = None,
+        revision: int = 0,
+        *,
+        period: ServicePeriod = PERIOD,
+    ) -> str:
+        return report_identifier(customer, (meter or self.meter)["id"], period, revision)
+
+    def test_clock(self, frozen_time: int, clock_id: str = "clock_1") -> str:
+        """A Stripe test clock at `frozen_time`; pass `test_clock=` to `draft`."""
+        self.stripe.clocks[clock_id] = frozen_time
+        return clock_id
+
+    def check(self, invoice: dict[str, Any], number: int = 1) -> CheckOutcome:
+        """Confirmation check `number` of an invoice, run now."""
+        request = ConfirmRequest(invoice_id=invoice["id"], customer_id=invoice["customer"])
+        return self.run_check(request.model_copy(update={"check": number}))
+
+    def next_check(self) -> CheckOutcome:
+        """Run the oldest check the worker queued (the queue's delay is not waited for)."""
+        request, _ = self.queue.scheduled.pop(0)
+        return self.run_check(request)
+
+    def run_check(self, request: ConfirmRequest) -> CheckOutcome:
+        return self.pipeline.confirmation.check(request, int(self.clock()))
+
+
+@contextmanager
+def counted_metrics() -> Iterator[Counter[str]]:
+    """The worker's metrics added inside the block, by name (Powertools keeps them in memory
+    until a flush, which no unit test triggers)."""
+    metrics.clear_metrics()
+    counts: Counter[str] = Counter()
+    try:
+        yield counts
+    finally:
+        for name, metric in metrics.metric_set.items():
+            counts[name] += int(sum(metric["Value"]))
+        metrics.clear_metrics()

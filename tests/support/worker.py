@@ -27,6 +27,7 @@ from meterbridge.worker.ports import Ledger, Stripe
 from meterbridge_local.lambda_runtime import sqs_record
 from meterbridge_local.stripe_emulator import StripeEmulator
 from tests.support.stripe_events import snapshot_event
+from tests.support.stripe_objects import new_meter, new_metered_price
 
 # The queue the worker's event source mapping reads, as Lambda names it in each record.
 WORKER_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:worker"
@@ -113,27 +114,11 @@ class Billing:
         )
 
     def meter(self, **params: Any) -> dict[str, Any]:
-        name = f"calls_{uuid.uuid4().hex[:10]}"
-        params_: Any = {
-            "display_name": name,
-            "event_name": name,
-            "default_aggregation": {"formula": "sum"},
-            **params,
-        }
-        return self.client.v1.billing.meters.create(params_).to_dict()
+        meter: dict[str, Any] = new_meter(self.client, **params).to_dict()
+        return meter
 
     def metered_price(self, meter: dict[str, Any]) -> dict[str, Any]:
-        params: Any = {
-            "currency": "usd",
-            "unit_amount_decimal": "0.5",
-            "product_data": {"name": "API calls"},
-            "recurring": {
-                "interval": "month",
-                "usage_type": "metered",
-                "meter": meter["id"],
-            },
-        }
-        price = plain(self.client.v1.prices.create(params))
+        price = plain(new_metered_price(self.client, meter["id"]))
         PRICE_METERS[price["id"]] = meter["id"]
         return price
 
