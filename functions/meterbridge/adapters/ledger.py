@@ -250,7 +250,7 @@ class ReportItems(DynamoDbTable):
             update.set_if_missing("confirmation_missing_at", now)
         try:
             answer = self._write(
-                _report_key(identifier), update, "attribute_exists(pk)", "UPDATED_OLD"
+                _report_key(identifier), update, "attribute_exists(pk)", "ALL_OLD"
             )
         except ConditionFailed:
             return None
