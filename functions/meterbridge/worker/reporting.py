@@ -13,7 +13,7 @@ from typing import Any
 
 from meterbridge.domain.eligibility import ineligibility_reason
 from meterbridge.domain.invoices import Invoice
-from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus
+from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus, ReportRecord
 from meterbridge.domain.reports import InvoicePlan, PlannedReport, refusal
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.messages import EventEnvelope
@@ -25,6 +25,7 @@ from meterbridge.worker.planning import InvoicePlanner
 from meterbridge.worker.policy import ReportingPolicy
 from meterbridge.worker.ports import ReportingLedger, Stripe
 from meterbridge.worker.sending import ReportSender, SendResult
+from meterbridge.worker.true_up import Remainders, TrueUp
 from meterbridge.worker.usage import UsageReader
 
 
@@ -54,6 +55,11 @@ class OutOfInvocationTime(TransientError):
     def __init__(self, message: str, *, progressed: bool):
         super().__init__(message)
         self.progressed = progressed
+
+
+def _finished(done: dict[str, ReportRecord], report: PlannedReport) -> bool:
+    record = done.get(report.identifier)
+    return record is not None and (record.status.done or record.closed)
 
 
 REASONS_SHOWN = 5  # failures quoted in one message: a 10,000-line invoice must not log 800 KB
@@ -117,6 +123,7 @@ class InvoiceReporting:
         policy: ReportingPolicy,
         guarded: bool,
         clock: Callable[[], float] = time.time,
+        true_up: TrueUp | None = None,
     ):
         self._stripe = stripe
         self._ledger = ledger
@@ -129,6 +136,9 @@ class InvoiceReporting:
         self._policy = policy
         self._guarded = guarded  # INVOICE_GUARD is not off
         self._clock = clock
+        # CONTINUOUS_REPORTING is not off: sweeps may have reported part of each period, so
+        # a report carries only the remainder (worker/true_up.py).
+        self._true_up = true_up
 
     def on_invoice_created(
         self,
@@ -268,6 +278,11 @@ class InvoiceReporting:
         progress = Progress()
         done = self._ledger.reports([r.identifier for r in plan.reports]) if careful else {}
         clock_offset = self.clock_offset(invoice, now)
+        remainders: Remainders | None = None
+        if self._true_up is not None:
+            open_reports = [r for r in plan.reports if not _finished(done, r)]
+            if open_reports:
+                remainders = self._true_up.begin(invoice, open_reports, tenant, now, clock_offset)
         for report in plan.reports:
             record = done.get(report.identifier)
             if record is not None and (record.status.done or record.closed):
@@ -278,9 +293,15 @@ class InvoiceReporting:
                 progress.statuses[report.identifier] = "retry"
                 continue
             try:
+                sent, value = remainders.of(report) if remainders else (report, None)
                 # Each report's own `now`: leases and timestamps from when it starts.
                 result = self._sender.send(
-                    report, tenant, int(self._clock()), clock_offset=clock_offset, careful=careful
+                    sent,
+                    tenant,
+                    int(self._clock()),
+                    clock_offset=clock_offset,
+                    careful=careful,
+                    value=value,
                 )
                 progress.attempted += 1
                 progress.note(report, result)
