@@ -369,3 +369,19 @@ def test_a_change_right_after_a_sweep_misses_nothing(world: Continuous) -> None:
     world.sweep(NOW)
     world.clock.now = NOW + 60
     assert world.pipeline.subscription_changes.on_event(_item_removed(world, NOW + 60)) == []
+
+
+def test_an_invoice_finalized_before_its_hold_keeps_its_automatic_collection() -> None:
+    """A cancellation's final invoice finalizes at once; its invoice.created still says
+    draft. Holding it would switch off its collection (auto_advance on an open invoice)."""
+    world = Continuous(INVOICE_GUARD="hold")
+    world.use("40", NOW - DAY)
+    world.sweep(NOW)
+    invoice = world.renewal()
+    world.stripe.invoices[invoice["id"]] = {**invoice, "status": "open"}
+    world.created(invoice)
+    assert world.stripe.invoices[invoice["id"]]["auto_advance"] is True
+    record = world.ledger.invoice(invoice["id"])
+    assert record is not None
+    assert record.hold_status is not None
+    assert not record.hold_status.held

@@ -58,7 +58,13 @@ class DraftHold:
         ):
             return HoldStatus.NOT_HELD
         try:
-            self._stripe.hold_invoice(invoice.id)
+            held = self._stripe.hold_invoice(invoice.id)
+            if held.get("status", "draft") != "draft":
+                # Finalized before the hold (a cancellation's final invoice finalizes at once,
+                # docs/stripe.md#S-CANCEL-3): auto_advance on an open invoice is its automatic
+                # collection (#S-FIN-1), which must stay on.
+                self._stripe.resume_invoice(invoice.id)
+                raise PermanentError(f"invoice already {held.get('status')!r}: not held")
         except PermanentError as error:  # e.g. finalized meanwhile: report anyway
             count("HoldFailed")
             logger.warning("could not hold the draft", extra={**context, "reason": str(error)})
