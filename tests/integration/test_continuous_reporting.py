@@ -121,3 +121,20 @@ def _handle(s: Scenario, records: list[dict[str, Any]]) -> None:
         {"Records": records}, FakeLambdaContext(), worker=s.worker
     )
     assert response["batchItemFailures"] == []
+
+
+def test_a_correction_after_the_true_up_counts_the_sweeps(scenario: Scenario) -> None:
+    """`meterbridge report --force` (the runbook's backfill) sends only what Stripe lacks,
+    sweeps' windows included: never their usage a second time."""
+    s = scenario
+    with quiet():
+        s.subscribe()
+        s.use("700", s.start + DAY)
+        s.advance_to(s.start + 2 * DAY)
+        s.sweep()
+        s.renew()
+        s.use("100", s.start + 3 * DAY)  # reaches the source after the true-up
+        s.report_force()
+        s.finalize()
+        outcome = s.outcome("correction after sweeps", "800")
+    assert outcome.right, outcome.row()
