@@ -117,9 +117,7 @@ def test_redelivered_and_replayed_sweeps_count_nothing_twice(scenario: Scenario)
 
 
 def _handle(s: Scenario, records: list[dict[str, Any]]) -> None:
-    response = worker_module.handler(
-        {"Records": records}, FakeLambdaContext(), worker=s.worker
-    )
+    response = worker_module.handler({"Records": records}, FakeLambdaContext(), worker=s.worker)
     assert response["batchItemFailures"] == []
 
 
