@@ -103,9 +103,11 @@ class Windows:
                 now_text=iso(now),
             )
             if self._ledger.save_watermark(begun, mark):
-                self._finish(begun, context, result, fresh=True)
+                ended = self._finish(begun, context, result, fresh=True)
                 if result.failed:  # refused: the next sweep tries again, not this one
                     return result
+                if ended and window.end >= min(end, pair.period.end):
+                    return result  # caught up: no need to read the watermark again
         raise TransientError(
             f"the watermark of meter {meter.id} of {pair.customer_id} kept changing; will retry"
         )
@@ -133,10 +135,11 @@ class Windows:
 
     def _finish(
         self, mark: Watermark, context: Context, result: WindowResult, *, fresh: bool
-    ) -> None:
-        """Report the watermark's pending window and end it. `fresh`: this attempt has just
-        claimed it (nobody can have reported it yet); otherwise another sweep claimed it and
-        may have reported it already."""
+    ) -> bool:
+        """Report the watermark's pending window and end it; True when this attempt moved the
+        watermark to the window's end. `fresh`: this attempt has just claimed it (nobody can
+        have reported it yet); otherwise another sweep claimed it and may have reported it
+        already."""
         window, period = mark.pending, mark.pending_period
         assert window is not None
         assert period is not None
@@ -157,8 +160,10 @@ class Windows:
                     mark, context, identifier, timestamp=timestamp, result=result, retry=retry
                 )
         ended = window_ended(mark, advance=advance, sent=sent, meter=meter, now_text=iso(now))
-        if not self._ledger.save_watermark(ended, mark):
-            logger.info("sweep window ended by another worker", extra={"identifier": identifier})
+        if self._ledger.save_watermark(ended, mark):
+            return advance
+        logger.info("sweep window ended by another worker", extra={"identifier": identifier})
+        return False
 
     def _report(
         self,
