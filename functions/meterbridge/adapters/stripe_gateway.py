@@ -138,17 +138,14 @@ class StripeGateway:
         limit: int = SUBSCRIPTIONS_PAGE_SIZE,
         expand_customers: bool = False,
     ) -> Page:
-        """One page of the subscriptions that are not canceled (Stripe's default), items and
-        their prices included (docs/stripe.md#S-LIST-1); `expand_customers`: each customer
-        object instead of its id, for its metadata (S-LIST-2). Subscriptions on test clocks
-        are listed only with `test_clock` (docs/stripe.md#S-LIST-3)."""
+        """A page of the subscriptions not canceled, items and prices included (S-LIST-1);
+        customers expanded for their metadata (S-LIST-2); test-clock ones only with
+        `test_clock` (docs/stripe.md#S-LIST-3)."""
         params: dict[str, Any] = {"limit": limit}
         if expand_customers:
             params["expand"] = ["data.customer"]
-        if starting_after:
-            params["starting_after"] = starting_after
-        if test_clock:
-            params["test_clock"] = test_clock
+        optional = {"starting_after": starting_after, "test_clock": test_clock}
+        params.update({name: value for name, value in optional.items() if value})
         page = self._call(lambda: self._client.v1.subscriptions.list(params))  # type: ignore[arg-type]
         return Page([s.to_dict() for s in page.data], bool(page.has_more))
 

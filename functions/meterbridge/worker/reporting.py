@@ -57,9 +57,26 @@ class OutOfInvocationTime(TransientError):
         self.progressed = progressed
 
 
-def _finished(done: dict[str, ReportRecord], report: PlannedReport) -> bool:
-    record = done.get(report.identifier)
-    return record is not None and (record.status.done or record.closed)
+def _remainders(  # noqa: PLR0917 - the invoice's reporting state, passed through
+    true_up: TrueUp | None,
+    invoice: Invoice,
+    plan: InvoicePlan,
+    done: dict[str, ReportRecord],
+    tenant: str | None,
+    now: int,
+    clock_offset: int,
+) -> Remainders | None:
+    """With continuous reporting, the reports still to send closed against the sweeps."""
+    if true_up is None:
+        return None
+    open_reports = [
+        r
+        for r in plan.reports
+        if (found := done.get(r.identifier)) is None or not (found.status.done or found.closed)
+    ]
+    if not open_reports:
+        return None
+    return true_up.begin(invoice, open_reports, tenant, now, clock_offset)
 
 
 REASONS_SHOWN = 5  # failures quoted in one message: a 10,000-line invoice must not log 800 KB
@@ -136,9 +153,7 @@ class InvoiceReporting:
         self._policy = policy
         self._guarded = guarded  # INVOICE_GUARD is not off
         self._clock = clock
-        # CONTINUOUS_REPORTING is not off: sweeps may have reported part of each period, so
-        # a report carries only the remainder (worker/true_up.py).
-        self._true_up = true_up
+        self._true_up = true_up  # continuous reporting: send remainders (worker/true_up.py)
 
     def on_invoice_created(
         self,
@@ -211,7 +226,7 @@ class InvoiceReporting:
                 raise
             if not plan.reports and not plan.unreported:
                 reason = "no line is priced by a meter that meterbridge reports"
-        findings = self._findings(invoice, plan)
+        findings = _findings(invoice, plan)
         refused = [u.reason for u in plan.unreported if refusal(u.meter)]
         if reason is not None or not plan.reports:
             reason = reason or "; ".join(findings) or "nothing to report"
@@ -278,11 +293,7 @@ class InvoiceReporting:
         progress = Progress()
         done = self._ledger.reports([r.identifier for r in plan.reports]) if careful else {}
         clock_offset = self.clock_offset(invoice, now)
-        remainders: Remainders | None = None
-        if self._true_up is not None:
-            open_reports = [r for r in plan.reports if not _finished(done, r)]
-            if open_reports:
-                remainders = self._true_up.begin(invoice, open_reports, tenant, now, clock_offset)
+        remainders = _remainders(self._true_up, invoice, plan, done, tenant, now, clock_offset)
         for report in plan.reports:
             record = done.get(report.identifier)
             if record is not None and (record.status.done or record.closed):
@@ -314,32 +325,6 @@ class InvoiceReporting:
                 progress.statuses[report.identifier] = "failed"
                 progress.permanent.append(f"{report.identifier}: {error}")
         return progress
-
-    def _findings(self, invoice: Invoice, plan: InvoicePlan) -> list[str]:
-        """Shared meters and lines no report can reach, each alarmed and written down."""
-        context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
-        findings = []
-        for shared in plan.shared:
-            count("SharedMeter")
-            logger.error(
-                "a meter is priced on several lines of one customer: Stripe bills the usage on"
-                " each (reported once)",
-                extra={**context, "meter": shared.meter.id, "lines": list(shared.line_ids)},
-            )
-            findings.append(shared.describe())
-        for line in plan.unreported:
-            if refusal(line.meter):
-                # Refused for good: alarmed once, never retried in a loop.
-                count("ReportsFailed")
-                count("UnsupportedMeters")
-                logger.error("meter not reportable", extra={**context, "reason": line.reason})
-            else:
-                logger.warning(
-                    "metered line not reportable",
-                    extra={**context, "line_id": line.line_id, "reason": line.reason},
-                )
-            findings.append(f"line {line.line_id}: {line.reason}")
-        return findings
 
     def _record(
         self,
@@ -379,3 +364,30 @@ class InvoiceReporting:
                 "test clock unreadable", extra={"invoice_id": invoice.id, "reason": str(error)}
             )
             return 0
+
+
+def _findings(invoice: Invoice, plan: InvoicePlan) -> list[str]:
+    """Shared meters and lines no report can reach, each alarmed and written down."""
+    context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
+    findings = []
+    for shared in plan.shared:
+        count("SharedMeter")
+        logger.error(
+            "a meter is priced on several lines of one customer: Stripe bills the usage on"
+            " each (reported once)",
+            extra={**context, "meter": shared.meter.id, "lines": list(shared.line_ids)},
+        )
+        findings.append(shared.describe())
+    for line in plan.unreported:
+        if refusal(line.meter):
+            # Refused for good: alarmed once, never retried in a loop.
+            count("ReportsFailed")
+            count("UnsupportedMeters")
+            logger.error("meter not reportable", extra={**context, "reason": line.reason})
+        else:
+            logger.warning(
+                "metered line not reportable",
+                extra={**context, "line_id": line.line_id, "reason": line.reason},
+            )
+        findings.append(f"line {line.line_id}: {line.reason}")
+    return findings
