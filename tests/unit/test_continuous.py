@@ -385,3 +385,14 @@ def test_an_invoice_finalized_before_its_hold_keeps_its_automatic_collection() -
     assert record is not None
     assert record.hold_status is not None
     assert not record.hold_status.held
+
+
+def test_a_usage_value_refused_for_good_leaves_no_window_claimed(world: Continuous) -> None:
+    """Otherwise the window would stay pending and block every later sweep and the
+    renewal's true-up."""
+    world.use("40", NOW - DAY)
+    world.usage.fail(PermanentError("usage value 'NaN' is not finite"))
+    world.sweep(NOW)
+    assert (world.mark().position, world.mark().pending) == (CURRENT.start, None)
+    world.created(world.renewal())
+    assert [e.value for e in world.stripe.sent] == [Decimal(40)]

@@ -119,8 +119,14 @@ class SubscriptionChanges:
                 if subscription.get("test_clock")
                 else None,
             )
-            tenant = self._usage.tenant(customer)
-            self._continuous.windows.advance(Context(pair, meter, tenant, clock_offset), moment)
+            try:
+                tenant = self._usage.tenant(customer)
+                self._continuous.windows.advance(Context(pair, meter, tenant, clock_offset), moment)
+            except PermanentError as error:  # the alarm below still tells what Stripe missed
+                logger.warning(
+                    "could not report the cut-short period's rest",
+                    extra={"customer_id": customer, "meter": meter.id, "reason": str(error)},
+                )
         if usage <= 0:
             return None
         count("UsageNotReported")

@@ -183,7 +183,10 @@ class Windows:
         assert period is not None
         pair, meter = context.pair, context.meter
         span = measured_span(meter, period, window)
-        value = self._usage.span(pair.customer_id, context.tenant, meter.event_name, span)
+        try:
+            value = self._usage.span(pair.customer_id, context.tenant, meter.event_name, span)
+        except PermanentError as error:  # e.g. an implausible value: the renewal refuses it too
+            return self._abandon(identifier, error, result)
         before = period_total(mark, period)
         if not retry and total_after(meter, before, value) == before:
             result.unchanged += 1
@@ -217,13 +220,7 @@ class Windows:
                 # renewal's true-up and its alarms take over (docs/continuous.md).
                 result.failed.append(f"{identifier}: {error}")
                 return True, None
-            count("SweepWindowsAbandoned")
-            logger.error(
-                "sweep window refused; a later sweep tries again",
-                extra={"identifier": identifier, "reason": str(error)},
-            )
-            result.failed.append(f"{identifier}: {error}")
-            return False, None
+            return self._abandon(identifier, error, result)
         if sent in (SendResult.SENT, SendResult.LATE) and not retry:
             result.reported.append(identifier)
             count("SweepReportsSent")
@@ -233,3 +230,17 @@ class Windows:
         recorded = self._ledger.report(identifier)  # recorded by an earlier attempt
         result.reported.append(identifier)
         return True, recorded.value if recorded is not None and recorded.delivered else None
+
+    @staticmethod
+    def _abandon(
+        identifier: str, error: Exception, result: WindowResult
+    ) -> tuple[bool, Decimal | None]:
+        """A window refused for good: the watermark stays, a later sweep tries a new window,
+        and the renewal's true-up reports the period whatever happens."""
+        count("SweepWindowsAbandoned")
+        logger.error(
+            "sweep window refused; a later sweep tries again",
+            extra={"identifier": identifier, "reason": str(error)},
+        )
+        result.failed.append(f"{identifier}: {error}")
+        return False, None
