@@ -522,6 +522,18 @@ class WorkerSettings(StripeCredentialSettings):
         ),
     )
 
+    sweep_meter_event_rate: float = Field(
+        180.0,
+        alias="SWEEP_METER_EVENT_RATE",
+        gt=0,
+        description=(
+            "Most meter events per second a container's sweeps send (a fixed pace, before the"
+            " adaptive limiter every meter event shares). Keep it x `WorkerMaximumConcurrency`"
+            " at or below 90 % of Stripe's meter-event limit: 180 x 5 = 900 of the live"
+            " 1,000/s. Renewals are not held to it."
+        ),
+    )
+
     @field_validator(
         "tenant_metadata_key",
         "stripe_api_base",

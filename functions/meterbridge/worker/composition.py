@@ -15,6 +15,7 @@ import boto3
 from meterbridge.adapters.aws_clients import ledger_client_config
 from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.queue import SqsQueue
+from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
 from meterbridge.adapters.secrets import worker_secrets
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageSource, usage_source_from
@@ -196,7 +197,9 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
     planner = InvoicePlanner(stripe, invoices, reporting_policy)
     sender = ReportSender(ledger, stripe, usage, reporting_policy, clock)
     hold = DraftHold(stripe, ledger, invoices, guard_policy)
-    windows = Windows(ledger, usage, sender, continuous_policy, clock)
+    # A fixed pace: growth 0, and no 429 ever reaches it (the gateway's limiter handles those).
+    pace = AdaptiveRateLimiter(settings.sweep_meter_event_rate, growth_per_second=0.0)
+    windows = Windows(ledger, usage, sender, continuous_policy, clock=clock, pace=pace)
     continuous = Continuous(ledger, windows, clock) if continuous_policy.trues_up else None
     confirmation = Confirmation(
         stripe,

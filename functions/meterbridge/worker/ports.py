@@ -188,6 +188,12 @@ class MessageQueue(Protocol):
     def send(self, body: str, attributes: dict[str, str], delay_seconds: int = 0) -> str: ...
 
 
+class Pace(Protocol):
+    """Waits for the next slot of a fixed pace (adapters/rate_limiter.py)."""
+
+    def acquire(self) -> None: ...
+
+
 class SweepQueue(Protocol):
     """A sweep's fan-out (adapters/queue.py): many messages at once."""
 

@@ -35,7 +35,7 @@ from meterbridge.domain.reports import PlannedReport
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.observability import count, logger
 from meterbridge.worker.policy import ContinuousPolicy
-from meterbridge.worker.ports import WindowLedger
+from meterbridge.worker.ports import Pace, WindowLedger
 from meterbridge.worker.sending import ReportSender, SendResult
 from meterbridge.worker.usage import UsageReader
 
@@ -70,13 +70,18 @@ class Windows:
         usage: UsageReader,
         sender: ReportSender,
         policy: ContinuousPolicy,
+        *,
         clock: Callable[[], float] = time.time,
+        pace: Pace | None = None,
     ):
         self._ledger = ledger
         self._usage = usage
         self._sender = sender
         self._policy = policy
         self._clock = clock
+        # Sweeps never take more than their share of Stripe's meter-event limit, whatever
+        # the adaptive limiter (shared with renewals) would allow: SWEEP_METER_EVENT_RATE.
+        self._pace = pace
 
     def advance(self, context: Context, end: int) -> WindowResult:
         """Report the pair's usage up to `end` (its clock), never past its period's end."""
@@ -205,6 +210,8 @@ class Windows:
             timestamp=timestamp,
         )
         try:
+            if self._pace is not None:
+                self._pace.acquire()
             sent = self._sender.send(
                 plan,
                 context.tenant,
