@@ -210,8 +210,6 @@ class Windows:
             timestamp=timestamp,
         )
         try:
-            if self._pace is not None:
-                self._pace.acquire()
             sent = self._sender.send(
                 plan,
                 context.tenant,
@@ -219,6 +217,7 @@ class Windows:
                 clock_offset=context.clock_offset,
                 careful=False,
                 value=value,
+                pace=self._pace,
             )
         except PermanentError as error:
             recorded = self._ledger.report(identifier)
