@@ -259,8 +259,9 @@ def window_ended(
 def period_closed(
     mark: Watermark | None, customer_id: str, meter_id: str, end: int, now_text: str
 ) -> Watermark:
-    """The watermark once a renewal has closed the period ending at `end`: no sweep reports
-    into it any more (the true-up sends what it lacks)."""
+    """The watermark moved to `end` without a report: a renewal has closed the period ending
+    there (no sweep reports into it any more; the true-up sends what it lacks), or a window
+    up to `end` had nothing new."""
     base = mark or Watermark(customer_id=customer_id, meter_id=meter_id, position=end)
     return replace(
         base, position=max(base.position, end), version=base.version + 1, updated_at=now_text

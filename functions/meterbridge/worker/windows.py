@@ -1,14 +1,16 @@
 """Reporting one customer's meter window by window, under its watermark (docs/continuous.md).
 
-watermark → a pending window? finish it first → claim the next window (a conditional write
-on the watermark) → its value (domain/continuous.py) → one report (worker/sending.py: ledger
-claim, meter event, record) → the watermark moves to the window's end.
+watermark → a pending window? finish it first → the next window's value (domain/
+continuous.py) → nothing new: move the watermark (one conditional write) → otherwise claim
+the window on the watermark (a conditional write on the version read before the value) →
+one report (worker/sending.py: ledger claim, meter event, record) → the watermark moves to
+the window's end.
 
-Why it never counts usage twice: a window is claimed on the watermark before its value is
-read, so two sweeps (a redelivery, a replay, a sweep with another window end, a renewal's
-true-up) can never report overlapping windows; whoever meets a claimed window reports it
-under its own identifier, which the ledger claim makes happen once; and the watermark moves
-only after the report is recorded.
+Why it never counts usage twice: a window is claimed on the watermark before anything is
+sent, only if nobody moved the watermark since it was read, so two sweeps (a redelivery, a
+replay, a sweep with another window end, a renewal's true-up) can never report overlapping
+windows; whoever meets a claimed window reports it under its own identifier, which the
+ledger claim makes happen once; and the watermark moves only after the report is recorded.
 """
 
 import time
@@ -99,6 +101,23 @@ class Windows:
             if window_timestamp(meter, pair.period, window, now + context.clock_offset) is None:
                 result.waiting = True
                 return result
+            # Read before claiming: a window with nothing new costs one write, not two. The
+            # value stays the window's whoever claims it; usage that reaches the source for
+            # it later is the true-up's.
+            try:
+                value = self._value(context, pair.period, window)
+            except PermanentError as error:  # e.g. an implausible value: the renewal refuses it
+                self._abandon(window_identifier(pair.customer_id, meter.id, window), error, result)
+                return result
+            if total_after(meter, period_total(mark, pair.period), value) == period_total(
+                mark, pair.period
+            ):
+                moved = period_closed(mark, pair.customer_id, meter.id, window.end, iso(now))
+                if self._ledger.save_watermark(moved, mark):
+                    result.unchanged += 1
+                    if window.end >= min(end, pair.period.end):
+                        return result
+                continue
             begun = window_begun(
                 mark,
                 customer_id=pair.customer_id,
@@ -108,7 +127,7 @@ class Windows:
                 now_text=iso(now),
             )
             if self._ledger.save_watermark(begun, mark):
-                ended = self._finish(begun, context, result, fresh=True)
+                ended = self._finish(begun, context, result, fresh=True, value=value)
                 if result.failed:  # refused: the next sweep tries again, not this one
                     return result
                 if ended and window.end >= min(end, pair.period.end):
@@ -139,7 +158,13 @@ class Windows:
         )
 
     def _finish(
-        self, mark: Watermark, context: Context, result: WindowResult, *, fresh: bool
+        self,
+        mark: Watermark,
+        context: Context,
+        result: WindowResult,
+        *,
+        fresh: bool,
+        value: Decimal | None = None,
     ) -> bool:
         """Report the watermark's pending window and end it; True when this attempt moved the
         watermark to the window's end. `fresh`: this attempt has just claimed it (nobody can
@@ -162,7 +187,13 @@ class Windows:
             else:
                 retry = existing is not None  # an earlier attempt claimed it: its value wins
                 advance, sent = self._report(
-                    mark, context, identifier, timestamp=timestamp, result=result, retry=retry
+                    mark,
+                    context,
+                    identifier,
+                    timestamp=timestamp,
+                    result=result,
+                    retry=retry,
+                    value=value,
                 )
         ended = window_ended(mark, advance=advance, sent=sent, meter=meter, now_text=iso(now))
         if self._ledger.save_watermark(ended, mark):
@@ -179,6 +210,7 @@ class Windows:
         timestamp: int,
         result: WindowResult,
         retry: bool,
+        value: Decimal | None = None,
     ) -> tuple[bool, Decimal | None]:
         """Send the pending window's value: (move the watermark?, the value Stripe holds).
         `retry`: an earlier attempt claimed the report and may have sent it; whatever it
@@ -187,11 +219,11 @@ class Windows:
         assert window is not None
         assert period is not None
         pair, meter = context.pair, context.meter
-        span = measured_span(meter, period, window)
-        try:
-            value = self._usage.span(pair.customer_id, context.tenant, meter.event_name, span)
-        except PermanentError as error:  # e.g. an implausible value: the renewal refuses it too
-            return self._abandon(identifier, error, result)
+        if value is None:  # another sweep's window: read its value now
+            try:
+                value = self._value(context, period, window)
+            except PermanentError as error:  # e.g. an implausible value, refused at renewal too
+                return self._abandon(identifier, error, result)
         before = period_total(mark, period)
         if not retry and total_after(meter, before, value) == before:
             result.unchanged += 1
@@ -236,6 +268,12 @@ class Windows:
         recorded = self._ledger.report(identifier)  # recorded by an earlier attempt
         result.reported.append(identifier)
         return True, recorded.value if recorded is not None and recorded.delivered else None
+
+    def _value(self, context: Context, period: ServicePeriod, window: ServicePeriod) -> Decimal:
+        span = measured_span(context.meter, period, window)
+        return self._usage.span(
+            context.pair.customer_id, context.tenant, context.meter.event_name, span
+        )
 
     @staticmethod
     def _abandon(
