@@ -14,6 +14,7 @@ BENCHMARKS = {
     "storm": "bench.month_start_storm",
     "scenarios": "bench.scenario_table",
     "cli": "bench.cli_startup",
+    "continuous": "bench.continuous",
 }
 ALIASES = {
     "worker_throughput": "worker",

@@ -8,6 +8,11 @@ read them without parsing bodies.
 The worker also queues its own delayed "confirm" messages (body_kind `confirm`): a later
 look at Stripe's aggregates for one invoice's reports, so that waiting for Stripe never
 blocks a Lambda (SQS DelaySeconds, at most 15 minutes, is the timer).
+
+Continuous reporting's sweeps (body_kind `sweep`, docs/continuous.md) come from the
+EventBridge Scheduler schedule — which can set no message attributes, so a sweep body is
+also recognised by its key — and from the worker itself as it fans a sweep out: one message
+per page of subscriptions, and one per batch of (customer, meter) pairs to report.
 """
 
 import json
@@ -15,8 +20,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-BodyKind = Literal["event", "envelope", "confirm"]
+BodyKind = Literal["event", "envelope", "confirm", "sweep"]
 CONFIRM = "confirm"
+SWEEP = "sweep"
+SWEEP_KEY = "meterbridge_sweep"
+SWEEP_WORK_KEY = "meterbridge_sweep_work"
 
 ATTR_EVENT_ID = "stripe_event_id"
 ATTR_EVENT_TYPE = "stripe_event_type"
@@ -113,3 +121,78 @@ def confirm_attributes(request: ConfirmRequest) -> dict[str, str]:
 
 def read_confirm(body: str) -> ConfirmRequest:
     return ConfirmRequest.model_validate(json.loads(body)["meterbridge_confirm"])
+
+
+class SweepPage(BaseModel):
+    """Sweep one page of subscriptions (the schedule's message starts at the first).
+
+    `window_end` is decided once, by the first page, from `scheduled_at` (the schedule's
+    nominal time, so a redelivered or replayed schedule message reports the same window) or
+    from the test clock's time; every later message of the sweep carries it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window_end: int | None = None
+    scheduled_at: str | None = None  # EventBridge Scheduler's <aws.scheduler.scheduled-time>
+    test_clock: str | None = None  # sweep this test clock's subscriptions, on its time
+    starting_after: str | None = None  # Stripe's cursor: the previous page's last id
+    page: int = 1
+
+
+class SweptPair(BaseModel):
+    """One customer's meter to report, as the page listing found it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    customer: str
+    meter: str
+    period_start: int
+    period_end: int
+    items: tuple[str, ...] = ()
+    livemode: bool = False
+    test_clock: str | None = None
+    tenant: str | None = None  # with TENANT_METADATA_KEY: the customer's tenant
+
+
+class SweepWork(BaseModel):
+    """Report these pairs up to `window_end` (on their clock: `clock_offset` is that clock
+    minus real time when the sweep began, 0 without a test clock)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window_end: int
+    clock_offset: int = 0
+    pairs: tuple[SweptPair, ...]
+
+
+def is_sweep_body(body: str) -> bool:
+    """A sweep message without attributes (the schedule's): recognised by its first key."""
+    head = body.lstrip()[:40].replace(" ", "")
+    return head.startswith(('{"' + SWEEP_KEY + '"', '{"' + SWEEP_WORK_KEY + '"'))
+
+
+def sweep_body(request: SweepPage | SweepWork) -> str:
+    key = SWEEP_WORK_KEY if isinstance(request, SweepWork) else SWEEP_KEY
+    payload = request.model_dump(exclude_defaults=True)
+    return json.dumps({key: payload}, separators=(",", ":"))
+
+
+def sweep_attributes(request: SweepPage | SweepWork, livemode: bool = False) -> dict[str, str]:
+    if isinstance(request, SweepWork):
+        first = request.pairs[0] if request.pairs else None
+        subject = f"work:{request.window_end}:{first.customer if first else ''}"
+    else:
+        subject = f"page:{request.window_end}:{request.starting_after or ''}"
+    return {
+        ATTR_EVENT_ID: f"sweep:{subject}",
+        ATTR_EVENT_TYPE: "meterbridge.sweep",
+        ATTR_LIVEMODE: "true" if livemode else "false",
+        ATTR_BODY_KIND: SWEEP,
+    }
+
+
+def read_sweep(body: str) -> SweepPage | SweepWork:
+    document = json.loads(body)
+    if SWEEP_WORK_KEY in document:
+        return SweepWork.model_validate(document[SWEEP_WORK_KEY])
+    return SweepPage.model_validate(document[SWEEP_KEY] or {})

@@ -497,6 +497,43 @@ class WorkerSettings(StripeCredentialSettings):
         ),
     )
 
+    # Continuous reporting (docs/continuous.md).
+    continuous_reporting: Literal["off", "hourly", "daily", "true-up-only"] = Field(
+        "off",
+        alias="CONTINUOUS_REPORTING",
+        description=(
+            "`off` · `hourly` · `daily` · `true-up-only` ([docs/continuous.md](continuous.md))."
+            " `hourly`/`daily`: the worker handles the schedule's sweeps, reporting each active"
+            " metered item's usage during the period, and renewals send only what the period"
+            " still lacks (the true-up). `true-up-only`: no sweeps, renewals still true up —"
+            " the way to switch sweeps off without counting their usage twice. `off`: renewals"
+            " report the whole period (sweeps are refused)."
+        ),
+    )
+    sweep_settle_minutes: int = Field(
+        10,
+        alias="SWEEP_SETTLE_MINUTES",
+        ge=0,
+        le=59,
+        description=(
+            "A sweep reports up to this many minutes before its scheduled time, so usage still"
+            " arriving at the usage source is not cut off (the schedule fires this many minutes"
+            " past the hour: windows end on the hour)."
+        ),
+    )
+
+    sweep_meter_event_rate: float = Field(
+        180.0,
+        alias="SWEEP_METER_EVENT_RATE",
+        gt=0,
+        description=(
+            "Most meter events per second a container's sweeps send (a fixed pace, before the"
+            " adaptive limiter every meter event shares). Keep it x `WorkerMaximumConcurrency`"
+            " at or below 90 % of Stripe's meter-event limit: 180 x 5 = 900 of the live"
+            " 1,000/s. Renewals are not held to it."
+        ),
+    )
+
     @field_validator(
         "tenant_metadata_key",
         "stripe_api_base",
@@ -515,7 +552,7 @@ class WorkerSettings(StripeCredentialSettings):
         parse_usage_value_ceilings(value)  # its ValueError names the part that is wrong
         return value
 
-    @field_validator("meter_event_api", "invoice_guard", mode="before")
+    @field_validator("meter_event_api", "invoice_guard", "continuous_reporting", mode="before")
     @classmethod
     def _api_in_lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

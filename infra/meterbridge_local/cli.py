@@ -124,6 +124,12 @@ def register_demo(subparsers: Any) -> None:
         "shows the lost and double-counted usage; exits 1",
     )
     parser.add_argument(
+        "--continuous",
+        action="store_true",
+        help="with continuous reporting (hourly sweeps): Stripe's invoice preview grows during "
+        "the month, and the renewal sends only the rest (docs/continuous.md)",
+    )
+    parser.add_argument(
         "--months",
         type=int,
         default=2,
@@ -141,6 +147,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         from meterbridge_local.naive import NaiveFlow
 
         return run_demo(flow=NaiveFlow, renewals=args.months)
+    if args.continuous:
+        from meterbridge_local.demo_continuous import ContinuousFlow
+
+        return run_demo(flow=ContinuousFlow, renewals=args.months)
     return run_demo(flow=MeterbridgeFlow, renewals=args.months)
 
 

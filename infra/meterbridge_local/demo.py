@@ -547,6 +547,7 @@ def _run(
         flow.after_setup()
         for index in range(1, renewals + 1):
             renewal_at = max(s.period(index - 1)[1] for s in run.subscribers)
+            flow.during_period(index)
             run.before_renewal(customers)
             with run.waiting(f"month {index}: advancing the test clock to {_date(renewal_at)}"):
                 run.driver.advance(run.clock_id, renewal_at)
@@ -586,6 +587,9 @@ class Flow:
 
     def after_setup(self) -> None: ...
 
+    def during_period(self, index: int) -> None:
+        """Before month `index`'s renewal (`meterbridge demo --continuous` sweeps here)."""
+
     def on_renewal(self, index: int, customers: Sequence[DemoCustomer]) -> None: ...
 
     def settle(self) -> None: ...
@@ -596,6 +600,8 @@ class Flow:
 
 class MeterbridgeFlow(Flow):
     """The real handlers in LocalStack; waits until the pipeline has drained."""
+
+    parameters: dict[str, str] = {}  # template parameters beyond the demo's own
 
     def __init__(self, run: DemoRun, resources: ExitStack):
         from meterbridge_local.stack import LocalStack
@@ -609,6 +615,7 @@ class MeterbridgeFlow(Flow):
                 "TenantMetadataKey": TENANT_METADATA_KEY,
                 "GracePeriodSeconds": str(GRACE_PERIOD_SECONDS),
                 "WorkerBatchingWindowSeconds": "0",
+                **self.parameters,
             },
             environment={
                 # Compressed time: a claim held by a concurrent duplicate is retried in 1 s,

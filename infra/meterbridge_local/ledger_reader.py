@@ -5,7 +5,7 @@ happened for this customer since March" and "every revision of this report", whi
 here so the deployed code stays small.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -46,10 +46,11 @@ class ReportRevisions:
     def next_revision(self) -> int:
         return len(self.items)
 
-    def counted(self, meter: Meter) -> Decimal:
-        """What Stripe counts for this period from these revisions, under the meter's
-        formula and pre-aggregation window (a sum of deltas, or the newest value)."""
-        delivered = [sent_usage(item) for item in self.items if item.delivered]
+    def counted(self, meter: Meter, also: Iterable[ReportRecord] = ()) -> Decimal:
+        """What Stripe counts for this period from these revisions (and `also`: continuous
+        reporting's windows in the period), under the meter's formula and pre-aggregation
+        window (a sum of deltas, or the newest value)."""
+        delivered = [sent_usage(item) for item in [*self.items, *also] if item.delivered]
         return expected_aggregate(meter.formula, delivered, meter.event_time_window)
 
     @property

@@ -161,6 +161,21 @@ def _stream(world: World) -> None:
     assert receipt.request_id is None
 
 
+def _subscriptions(world: World) -> None:
+    """A sweep's listing: test-clock subscriptions only with their clock (S-LIST-3), the
+    customer expanded for its tenant metadata, one page at a time."""
+    assert world.gateway.subscriptions().data == []
+    page = world.gateway.subscriptions(test_clock=world.clock.id, expand_customers=True, limit=1)
+    [listed] = page.data
+    assert listed["id"] == world.subscription.id
+    assert listed["customer"]["id"] == world.customer.id
+    item = listed["items"]["data"][0]
+    assert item["price"]["recurring"]["meter"] == world.meter.id
+    assert item["current_period_end"] > item["current_period_start"]
+    after = world.gateway.subscriptions(starting_after=listed["id"], test_clock=world.clock.id)
+    assert (after.data, after.has_more) == ([], False)
+
+
 def _hold_resume_finalize(world: World, method: str) -> None:
     # Order matters (finalizing ends the draft): hold → resume → finalize, each on its turn.
     if method == "hold_invoice":
@@ -175,6 +190,7 @@ EXERCISES: dict[str, Callable[[World], None]] = {
     "event": lambda w: assert_equal(w.gateway.event(w.event_id)["id"], w.event_id),
     "invoice_lines": _lines,
     "customer": lambda w: assert_equal(w.gateway.customer(w.customer.id)["id"], w.customer.id),
+    "subscriptions": _subscriptions,
     "price": lambda w: assert_equal(w.gateway.price(w.price.id)["recurring"]["meter"], w.meter.id),
     "meter": lambda w: assert_equal(w.gateway.meter(w.meter.id)["event_name"], "api_calls"),
     "invoice": lambda w: assert_equal(w.gateway.invoice(w.draft.id)["status"], "draft"),

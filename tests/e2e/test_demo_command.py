@@ -89,7 +89,11 @@ def screen_lines(raw: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs() -> Iterator[dict[str, tuple[int, str]]]:
-    processes = {"meterbridge": _start(), "naive": _start("--naive", "--months", "1")}
+    processes = {
+        "meterbridge": _start(),
+        "naive": _start("--naive", "--months", "1"),
+        "continuous": _start("--continuous", "--months", "1"),
+    }
     terminal = Terminal(80, "--months", "1")
     try:
         results = {
@@ -139,6 +143,20 @@ def test_naive_demo_shows_wrong_invoices_and_exits_non_zero(
     assert any("WRONG" in row for row in rows), output
     assert "no ledger" in rows[0]
     assert "This is expected" in output
+
+
+def test_continuous_demo_shows_the_preview_growing_and_the_renewal_sending_the_rest(
+    runs: dict[str, tuple[int, str]],
+) -> None:
+    code, output = runs["continuous"]
+    assert code == 0, output
+    previews = re.findall(r"invoice preview bills so far: Acme Corp ([\d.]+)", output)
+    assert [float(p) for p in previews] == [6000, 9600, 9600], output  # 50 %, 80 %, …
+    # … and the last 20 % (timestamped in the period's last second) at renewal.
+    assert "the renewal sent only the rest (true-up): Acme Corp 2400," in output, output
+    rows = _rows(output)
+    assert len(rows) == 3
+    assert all(row.rstrip().endswith("OK") for row in rows), output
 
 
 def test_demo_on_an_80_column_terminal_fits_and_prints_no_log_or_metric_lines(

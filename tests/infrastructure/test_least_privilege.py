@@ -82,7 +82,10 @@ def test_functions_use_their_own_roles_without_managed_policies(resources: dict[
         "Fn::GetAtt": ["WorkerRole", "Arn"]
     }
     roles = {n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
-    assert roles == {"WebhookRole", "WorkerRole"}, "SAM generated a role of its own"
+    # The sweep schedule's role is the template's own (continuous reporting).
+    assert roles == {"WebhookRole", "WorkerRole", "SweepScheduleRole"}, (
+        "SAM generated a role of its own"
+    )
     for name in roles:
         assert "ManagedPolicyArns" not in resources[name]["Properties"]
 
@@ -131,6 +134,15 @@ def test_the_worker_reads_the_api_key_its_queue_and_the_ledger_only(resources: d
         "dynamodb:Query",
         "dynamodb:BatchGetItem",
     }
+
+
+def test_the_sweep_schedule_can_only_queue_sweeps(resources: dict[str, Any]):
+    role = resources["SweepScheduleRole"]
+    assert role["Condition"] == resources["SweepSchedule"]["Condition"] == "Sweeps"
+    assert _by_action(role) == {"sqs:SendMessage": [{"Fn::GetAtt": ["EventQueue", "Arn"]}]}
+    [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
 
 
 def test_ledger_actions_are_exactly_the_ledger_adapters_calls(resources: dict[str, Any]):

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from cfnlint.api import lint
 
+from meterbridge.messages import SweepPage, is_sweep_body, read_sweep
 from tests.infrastructure.template_support import TEMPLATE, sam_template, translated_template
 
 # Regions we document as deploy targets (SnapStart for Python is regional; see README).
@@ -144,3 +145,20 @@ def test_a_deploy_must_name_its_usage_source():
         pattern.fullmatch(value)
         for value in ("", "usage.example.com", "ftp://x", "dynamodb://usage", "https://")
     )
+
+
+def test_the_sweep_schedule_puts_a_sweep_the_worker_recognises_on_the_event_queue(
+    resources: dict[str, Any],
+):
+    """No message attributes come from EventBridge Scheduler: the worker knows a sweep by its
+    body, and takes its window end from the schedule's nominal time."""
+    schedule = resources["SweepSchedule"]["Properties"]
+    target = schedule["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["EventQueue", "Arn"]}
+    assert is_sweep_body(target["Input"])
+    request = read_sweep(target["Input"].replace("<aws.scheduler.scheduled-time>", "x"))
+    assert request == SweepPage(scheduled_at="x")
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    hourly, daily = schedule["ScheduleExpression"]["Fn::If"][1:]
+    assert hourly == {"Fn::Sub": "cron(${SweepSettleMinutes} * * * ? *)"}
+    assert daily == {"Fn::Sub": "cron(${SweepSettleMinutes} 0 * * ? *)"}

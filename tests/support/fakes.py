@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterbridge.adapters.ledger import ReportInFlight, iso
-from meterbridge.adapters.stripe_gateway import MeterEventReceipt
+from meterbridge.adapters.stripe_gateway import MeterEventReceipt, Page
 from meterbridge.domain.guard import SentUsage, expected_aggregate, in_window
 from meterbridge.domain.invoices import ServicePeriod
 from meterbridge.domain.records import (
@@ -31,6 +31,7 @@ from meterbridge.domain.records import (
     Reconciliation,
     ReportRecord,
     ReportStatus,
+    Watermark,
 )
 from meterbridge.domain.reports import PlannedReport
 from meterbridge.errors import PermanentError
@@ -50,6 +51,7 @@ class FakeLedger:
         # Reports the by_invoice and by_customer indexes do not show yet: DynamoDB's global
         # secondary indexes are eventually consistent (reads by key are not).
         self.unindexed: set[str] = set()
+        self.watermarks: dict[tuple[str, str], Watermark] = {}
         self._lock = threading.RLock()
 
     # reports
@@ -341,6 +343,21 @@ class FakeLedger:
     def _indexed(self) -> list[ReportRecord]:
         return [r for r in self.items.values() if r.identifier not in self.unindexed]
 
+    # continuous reporting
+    def watermark(self, customer_id: str, meter_id: str) -> Watermark | None:
+        return self.watermarks.get((customer_id, meter_id))
+
+    def save_watermark(self, mark: Watermark, expected: Watermark | None) -> bool:
+        with self._lock:
+            key = (mark.customer_id, mark.meter_id)
+            current = self.watermarks.get(key)
+            if (current is None) != (expected is None):
+                return False
+            if current is not None and expected is not None and current.version != expected.version:
+                return False
+            self.watermarks[key] = mark
+            return True
+
     # events
     def event_seen(self, event_id: str, now: int) -> bool:
         return self.events.get(event_id, 0) > now
@@ -359,6 +376,7 @@ def _planned(report: PlannedReport, now: int) -> ReportRecord:
         status=ReportStatus.PENDING,
         created_at=iso(now),
         updated_at=iso(now),
+        sweep=report.sweep,
     )
 
 
@@ -374,6 +392,7 @@ def _with_plan(record: ReportRecord, report: PlannedReport) -> ReportRecord:
         period=report.period,
         finalizes_at=report.finalizes_at,
         livemode=report.livemode,
+        sweep=report.sweep,
     )
 
 
@@ -402,6 +421,7 @@ class FakeStripe:
         self.customers: dict[str, dict[str, Any]] = {}
         self.clocks: dict[str, int] = {}
         self.events: dict[str, dict[str, Any]] = {}
+        self.subscription_objects: list[dict[str, Any]] = []  # oldest first
         self.sent: list[SentEvent] = []
         self._identifiers: set[str] = set()
         self.latency = 0.0  # seconds each meter event takes (time.sleep)
@@ -473,6 +493,64 @@ class FakeStripe:
         if customer_id not in self.customers:
             raise PermanentError(f"no customer {customer_id}")
         return self.customers[customer_id]
+
+    def subscriptions(
+        self,
+        *,
+        starting_after: str | None = None,
+        test_clock: str | None = None,
+        limit: int = 100,
+        expand_customers: bool = False,
+    ) -> Page:
+        """Newest first, not canceled; test-clock subscriptions only with `test_clock`
+        (docs/stripe.md#S-LIST-1, #S-LIST-3)."""
+        self._call("subscriptions")
+        listed = [
+            s
+            for s in reversed(self.subscription_objects)
+            if s["status"] != "canceled" and s.get("test_clock") == test_clock
+        ]
+        ids = [s["id"] for s in listed]
+        start = ids.index(starting_after) + 1 if starting_after in ids else 0
+        page = [dict(s) for s in listed[start : start + limit]]
+        if expand_customers:
+            for subscription in page:
+                subscription["customer"] = self.customers[subscription["customer"]]
+        return Page(page, start + limit < len(listed))
+
+    def subscribe(
+        self,
+        customer: str,
+        prices: list[dict[str, Any]],
+        *,
+        period: ServicePeriod,
+        test_clock: str | None = None,
+        status: str = "active",
+    ) -> dict[str, Any]:
+        """A subscription whose items are in `period` (items carry their period, basil)."""
+        subscription = {
+            "id": f"sub_{next(self._ids)}",
+            "object": "subscription",
+            "customer": customer,
+            "status": status,
+            "livemode": False,
+            "test_clock": test_clock,
+            "items": {
+                "object": "list",
+                "data": [
+                    {
+                        "id": f"si_{next(self._ids)}",
+                        "object": "subscription_item",
+                        "price": price,
+                        "current_period_start": period.start,
+                        "current_period_end": period.end,
+                    }
+                    for price in prices
+                ],
+            },
+        }
+        self.subscription_objects.append(subscription)
+        return subscription
 
     def price(self, price_id: str) -> dict[str, Any]:
         self._call("price")
@@ -609,6 +687,10 @@ class FakeQueue:
         self.sent.append((body, dict(attributes), delay_seconds))
         return f"msg-{len(self.sent)}"
 
+    def send_batch(self, messages: list[tuple[str, dict[str, str]]]) -> None:
+        for body, attributes in messages:
+            self.send(body, attributes)
+
     def schedule(self, request: ConfirmRequest, delay_seconds: int) -> None:
         self.scheduled.append((request, delay_seconds))
 
@@ -621,14 +703,23 @@ class FakeUsage:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], object] = {}
+        # Usage that knows when it happened: (customer, meter) → [(at, value)], summed over
+        # the query's [start, end); takes precedence over `values`.
+        self.records: dict[tuple[str, str], list[tuple[int, Decimal]]] = {}
         self.queries: list[Any] = []
         self._failures: list[Exception] = []
 
     def fail(self, *errors: Exception) -> None:
         self._failures.extend(errors)
 
+    def record(self, customer: str, meter: str, at: int, value: str | int) -> None:
+        self.records.setdefault((customer, meter), []).append((at, Decimal(value)))
+
     def usage(self, query: Any) -> object:
         self.queries.append(query)
         if self._failures:
             raise self._failures.pop(0)
+        records = self.records.get((query.customer, query.meter))
+        if records is not None:
+            return str(sum((v for at, v in records if query.start <= at < query.end), Decimal(0)))
         return self.values.get((query.customer, query.meter), "0")

@@ -157,6 +157,7 @@ class Scenario:
         mode: str,
         *,
         formula: str = "sum",
+        env: dict[str, str] | None = None,
     ):
         self.emulator = emulator
         self.queue_url = queue_url
@@ -182,6 +183,7 @@ class Scenario:
                 "CONFIRM_MAX_DELAY_SECONDS": "1",
                 # Confirmation's last check falls inside the 1 h grace period.
                 "CONFIRMATION_MARGIN_SECONDS": str(15 * 60),
+                **(env or {}),
             },
         )
         self.metrics: list[str] = []
@@ -223,6 +225,27 @@ class Scenario:
     def use(self, value: str, at: int | None = None) -> None:
         """Usage the product records (the usage source's own data), at clock time `at`."""
         record_usage(self.customer, self.meter.event_name, self.now() if at is None else at, value)
+
+    def sweep(self) -> None:
+        """A continuous-reporting sweep of this customer's test clock, at the clock's time, as
+        an operator starts one (the schedule's sweeps list live subscriptions only,
+        docs/stripe.md#S-LIST-3); no message attributes, like the schedule's message."""
+        body = json.dumps({"meterbridge_sweep": {"test_clock": self.clock.id}})
+        boto3.client("sqs").send_message(QueueUrl=self.queue_url, MessageBody=body)
+        self.deliver()
+
+    def preview(self) -> Decimal:
+        """What Stripe's upcoming-invoice preview bills on the meter so far."""
+        [subscription] = self.client.v1.subscriptions.list({"customer": self.customer}).data
+        preview = self.client.v1.invoices.create_preview({"subscription": subscription.id})
+        return sum(
+            (
+                Decimal(str(line.to_dict().get("quantity_decimal") or 0))
+                for line in preview.lines.data
+                if self._bills_meter(line)
+            ),
+            Decimal(0),
+        )
 
     def advance_to(self, moment: int) -> None:
         self.client.v1.test_helpers.test_clocks.advance(self.clock.id, {"frozen_time": moment})
@@ -583,11 +606,55 @@ def hold_released_late(s: Scenario) -> Outcome:
         s.emulator.set_faults(aggregation_lag_seconds=0.0)
 
 
+# Continuous reporting (docs/continuous.md): hourly sweeps during the period, then the
+# renewal's true-up; each sweep runs at the clock's time with no settle delay.
+CONTINUOUS = {"CONTINUOUS_REPORTING": "hourly", "SWEEP_SETTLE_MINUTES": "0"}
+
+
+def continuous_late_usage(s: Scenario) -> Outcome:
+    """Usage the source learns of after a sweep passed its time: the renewal sends it."""
+    s.subscribe()
+    s.use("100", s.start + DAY)
+    s.advance_to(s.start + 5 * DAY)
+    s.sweep()
+    s.use("30", s.start + 2 * DAY)  # late: behind the watermark
+    s.use("5", s.start + 20 * DAY)  # after the last sweep
+    s.renew()
+    s.finalize()
+    return s.outcome("continuous hourly: usage arriving late at the source (true-up)", "135")
+
+
+def continuous_item_removed(s: Scenario) -> Outcome:
+    subscription = s.subscribe(s.price, s.seat_price())
+    item = next(i for i in subscription["items"].data if i.price.id == s.price.id)
+    s.use("40", s.start + DAY)
+    s.advance_to(s.start + 10 * DAY)
+    s.sweep()
+    s.client.v1.subscription_items.delete(item.id)
+    s.deliver()
+    s.renew()
+    s.finalize()
+    return s.outcome("continuous hourly: metered item removed mid-period", "40")
+
+
+def continuous_cancel_now(s: Scenario) -> Outcome:
+    subscription = s.subscribe()
+    s.use("40", s.start + DAY)
+    s.advance_to(s.start + 10 * DAY)
+    s.sweep()
+    s.finalizing()
+    s.finalized_at_change = True
+    s.client.v1.subscriptions.cancel(subscription.id, {"invoice_now": True})
+    s.deliver()
+    return s.outcome("continuous hourly: cancelled mid-period with invoice_now=true", "40")
+
+
 @dataclass(frozen=True)
 class SetUp:
     name: str
     drive: Driver
     formula: str = "sum"
+    env: tuple[tuple[str, str], ...] = ()  # worker settings beyond the scenario's
 
 
 SET_UPS = (
@@ -606,6 +673,9 @@ SET_UPS = (
     SetUp("cancel_now", cancel_now),
     SetUp("cancel_at_period_end", cancel_at_period_end),
     SetUp("late_event", late_event),
+    SetUp("continuous_late_usage", continuous_late_usage, env=tuple(CONTINUOUS.items())),
+    SetUp("continuous_item_removed", continuous_item_removed, env=tuple(CONTINUOUS.items())),
+    SetUp("continuous_cancel_now", continuous_cancel_now, env=tuple(CONTINUOUS.items())),
 )
 
 
@@ -614,7 +684,9 @@ def run(setup: SetUp, emulator: StripeEmulator, ledger_table: str, mode: str) ->
     sqs = boto3.client("sqs")
     queue_url = str(sqs.create_queue(QueueName=f"scenario-{uuid.uuid4().hex[:12]}")["QueueUrl"])
     try:
-        scenario = Scenario(emulator, ledger_table, queue_url, mode, formula=setup.formula)
+        scenario = Scenario(
+            emulator, ledger_table, queue_url, mode, formula=setup.formula, env=dict(setup.env)
+        )
         return setup.drive(scenario)
     finally:
         sqs.delete_queue(QueueUrl=queue_url)

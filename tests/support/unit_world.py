@@ -69,6 +69,7 @@ class UnitWorld:
             clock=self.clock,
             event_queue=self.queue,
             dead_letter_queue=self.dead_letters,
+            sweep_queue=self.queue,
         )
         return build_pipeline(settings, dependencies)
 

@@ -135,10 +135,21 @@ class DynamoDbTable:
     def _batch(self, request: Any) -> Any:
         return self._call(lambda: self._client.batch_get_item(RequestItems=request))
 
-    def _put(self, item: dict[str, Any], condition: str | None = None) -> None:
+    def _put(
+        self,
+        item: dict[str, Any],
+        condition: str | None = None,
+        *,
+        names: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
         request: dict[str, Any] = {"TableName": self._table, "Item": encode(item)}
         if condition is not None:
             request["ConditionExpression"] = condition
+        if names:
+            request["ExpressionAttributeNames"] = names
+        if values:
+            request["ExpressionAttributeValues"] = encode(values)
         self._call(lambda: self._client.put_item(**request), conditional=condition is not None)
 
     def _write(

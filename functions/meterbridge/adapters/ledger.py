@@ -13,6 +13,9 @@ Table schema (template.yaml's LedgerTable and infra's create_ledger_table must m
     report         pk = "report#<identifier>",  sk = "report"
     invoice        pk = "invoice#<invoice id>", sk = "invoice"
     Stripe event   pk = "event#<event id>",     sk = "event"     (expires via TTL)
+    watermark      pk = "watermark#<customer id>#<meter id>", sk = "watermark"
+                   (continuous reporting: how far a customer's meter is reported; it
+                   carries no invoice_id / customer_id / created_at, so no index copies it)
     (invoice.created events are remembered on their invoice's item instead, in the string
     set `created_events`: the worker reads that item anyway, so one round trip less)
     GSI by_invoice   invoice_id (S, HASH) + sk (S, RANGE)          projection ALL
@@ -47,6 +50,7 @@ from meterbridge.domain.records import (
     ReleaseAction,
     ReportRecord,
     ReportStatus,
+    Watermark,
 )
 from meterbridge.domain.reports import PlannedReport
 from meterbridge.errors import TransientError
@@ -65,6 +69,7 @@ REPORT = "report"
 INVOICE = "invoice"
 EVENT = "event"
 STREAM = "stream"
+WATERMARK = "watermark"
 STREAM_MEMORY_SECONDS = 7 * 86_400  # Stripe reports validation errors within hours
 
 
@@ -86,6 +91,10 @@ def _invoice_key(invoice_id: str) -> dict[str, str]:
 
 def _event_key(event_id: str) -> dict[str, str]:
     return {PARTITION_KEY: f"{EVENT}#{event_id}", SORT_KEY: EVENT}
+
+
+def _watermark_key(customer_id: str, meter_id: str) -> dict[str, str]:
+    return {PARTITION_KEY: f"{WATERMARK}#{customer_id}#{meter_id}", SORT_KEY: WATERMARK}
 
 
 class ReportItems(DynamoDbTable):
@@ -112,7 +121,8 @@ class ReportItems(DynamoDbTable):
         update = Update().set("status", ReportStatus.PENDING.value)
         update.set("lease_expires_at", now + lease_seconds).increment("attempts")
         for attribute, value in _planned_attributes(report).items():
-            update.set(attribute, value)
+            if value is not None:
+                update.set(attribute, value)
         update.set_if_missing(CREATED_AT, iso(now)).set("updated_at", iso(now))
         status, failure = update.name("status"), update.name("failure_class")
         done = " AND ".join(f"{status} <> {update.value(s.value)}" for s in ReportStatus if s.done)
@@ -249,9 +259,7 @@ class ReportItems(DynamoDbTable):
         elif status is ConfirmationStatus.MISSING:
             update.set_if_missing("confirmation_missing_at", now)
         try:
-            answer = self._write(
-                _report_key(identifier), update, "attribute_exists(pk)", "ALL_OLD"
-            )
+            answer = self._write(_report_key(identifier), update, "attribute_exists(pk)", "ALL_OLD")
         except ConditionFailed:
             return None
         previous = decode(answer.get("Attributes") or {}).get("confirmation_status")
@@ -421,6 +429,30 @@ class DynamoDbLedger(ReportItems):
                 invoices.append(_invoice_record(item))
         return invoices, reports
 
+    # --- continuous reporting -----------------------------------------------------------
+
+    def watermark(self, customer_id: str, meter_id: str) -> Watermark | None:
+        item = self._get(_watermark_key(customer_id, meter_id))
+        return _watermark_record(item) if item else None
+
+    def save_watermark(self, mark: Watermark, expected: Watermark | None) -> bool:
+        """Write `mark` if the stored watermark is still `expected` (None: none stored);
+        False when another worker changed it first (the caller reads it again)."""
+        item = {**_watermark_key(mark.customer_id, mark.meter_id), **_watermark_item(mark)}
+        try:
+            if expected is None:
+                self._put(item, condition="attribute_not_exists(pk)")
+            else:
+                self._put(
+                    item,
+                    condition="#version = :version",
+                    names={"#version": "version"},
+                    values={":version": expected.version},
+                )
+        except ConditionFailed:
+            return False
+        return True
+
     # --- Stripe events ------------------------------------------------------------------
 
     def event_seen(self, event_id: str, now: int) -> bool:
@@ -442,9 +474,12 @@ class DynamoDbLedger(ReportItems):
 
 
 def _planned_attributes(report: PlannedReport) -> dict[str, Any]:
+    """A sweep's report has no invoice: no invoice_id at all (an index key cannot be empty),
+    so the by_invoice index leaves it out."""
     return {
         "identifier": report.identifier,
-        INVOICE_ID: report.invoice_id,
+        INVOICE_ID: report.invoice_id or None,
+        "sweep": True if report.sweep else None,
         CUSTOMER_ID: report.customer_id,
         "subscription_items": list(report.subscription_items),
         "line_ids": list(report.line_ids),
@@ -535,6 +570,46 @@ def _report_record(item: dict[str, Any]) -> ReportRecord:
         reconciliation=reconciliation,
         stripe_error_code=item.get("stripe_error_code"),
         stripe_error_event_id=item.get("stripe_error_event_id"),
+        sweep=bool(item.get("sweep")),
+    )
+
+
+def _watermark_item(mark: Watermark) -> dict[str, Any]:
+    pending, period = mark.pending, mark.pending_period
+    return {
+        "watermark_customer": mark.customer_id,
+        "meter_id": mark.meter_id,
+        "position": mark.position,
+        "pending_start": pending.start if pending else None,
+        "pending_end": pending.end if pending else None,
+        "pending_period_start": period.start if period else None,
+        "pending_period_end": period.end if period else None,
+        "period_start": mark.period_start,
+        "period_reports": mark.period_reports,
+        "period_total": str(mark.period_total),
+        "version": mark.version,
+        "updated_at": mark.updated_at,
+    }
+
+
+def _watermark_record(item: dict[str, Any]) -> Watermark:
+    pending = period = None
+    if item.get("pending_start") is not None:
+        pending = ServicePeriod(start=int(item["pending_start"]), end=int(item["pending_end"]))
+        period = ServicePeriod(
+            start=int(item["pending_period_start"]), end=int(item["pending_period_end"])
+        )
+    return Watermark(
+        customer_id=str(item.get("watermark_customer", "")),
+        meter_id=str(item.get("meter_id", "")),
+        position=int(item.get("position") or 0),
+        pending=pending,
+        pending_period=period,
+        period_start=_int(item, "period_start"),
+        period_reports=int(item.get("period_reports") or 0),
+        period_total=_decimal(item, "period_total") or Decimal(0),
+        version=int(item.get("version") or 0),
+        updated_at=str(item.get("updated_at", "")),
     )
 
 

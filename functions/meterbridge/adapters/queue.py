@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 
+SQS_BATCH_LIMIT = 10  # entries per SendMessageBatch
+
+
 class UnqueueableBody(PermanentError):
     """SQS will never take this body as it is (characters outside its allowed set)."""
 
@@ -78,6 +81,23 @@ class SqsQueue:
         except BotoCoreError as exc:
             raise TransientError(f"queue unavailable: {exc}") from exc
         return str(response["MessageId"])
+
+    def send_batch(self, messages: list[tuple[str, dict[str, str]]]) -> None:
+        """Send many messages, ten a request (SendMessageBatch, authorised by the same
+        sqs:SendMessage permission): a sweep's fan-out. Any entry SQS did not take fails the
+        whole call transiently; its retry resends all, which the receivers tolerate (a sweep's
+        messages are idempotent)."""
+        for start in range(0, len(messages), SQS_BATCH_LIMIT):
+            entries = [
+                {"Id": str(index), "MessageBody": body, "MessageAttributes": _attributes(attrs)}
+                for index, (body, attrs) in enumerate(messages[start : start + SQS_BATCH_LIMIT])
+            ]
+            try:
+                answer = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                raise TransientError(f"queue unavailable: {exc}") from exc
+            if answer.get("Failed"):
+                raise TransientError(f"queue refused {len(answer['Failed'])} message(s)")
 
     def schedule(self, request: ConfirmRequest, delay_seconds: int) -> None:
         """A confirmation check, visible after `delay_seconds` (SQS allows at most 15 min).

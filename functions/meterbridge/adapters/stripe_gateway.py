@@ -27,6 +27,7 @@ from meterbridge.errors import AlreadyDelivered, PermanentError, TransientError
 T = TypeVar("T")
 
 LINES_PAGE_SIZE = 100
+SUBSCRIPTIONS_PAGE_SIZE = 100  # Stripe's largest page
 
 
 class UnknownStripeObject(PermanentError):
@@ -39,6 +40,14 @@ class MeterEventReceipt:
 
     request_id: str | None
     duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a Stripe list: its objects as plain dicts, and whether more follow."""
+
+    data: list[dict[str, Any]]
+    has_more: bool
 
 
 STREAM_KEY_PREFIX = "mbs-"
@@ -120,6 +129,25 @@ class StripeGateway:
 
     def customer(self, customer_id: str) -> dict[str, Any]:
         return self._call(lambda: self._client.v1.customers.retrieve(customer_id)).to_dict()
+
+    def subscriptions(
+        self,
+        *,
+        starting_after: str | None = None,
+        test_clock: str | None = None,
+        limit: int = SUBSCRIPTIONS_PAGE_SIZE,
+        expand_customers: bool = False,
+    ) -> Page:
+        """A page of the subscriptions not canceled, items and prices included (S-LIST-1);
+        customers expanded for their metadata (S-LIST-2); test-clock ones only with
+        `test_clock` (docs/stripe.md#S-LIST-3)."""
+        params: dict[str, Any] = {"limit": limit}
+        if expand_customers:
+            params["expand"] = ["data.customer"]
+        optional = {"starting_after": starting_after, "test_clock": test_clock}
+        params.update({name: value for name, value in optional.items() if value})
+        page = self._call(lambda: self._client.v1.subscriptions.list(params))  # type: ignore[arg-type]
+        return Page([s.to_dict() for s in page.data], bool(page.has_more))
 
     def price(self, price_id: str) -> dict[str, Any]:
         """Prices' `recurring.meter` never changes, so one fetch per process is enough."""

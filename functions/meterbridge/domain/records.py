@@ -146,6 +146,9 @@ class ReportRecord:
     reconciliation: Reconciliation | None = None
     stripe_error_code: str | None = None
     stripe_error_event_id: str | None = None
+    # A continuous-reporting sweep's report of one window (docs/continuous.md): no invoice,
+    # `period` is the window.
+    sweep: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -269,6 +272,29 @@ class Claim:
     value: Decimal | None = None
     timestamp: int | None = None
     send_started_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far continuous reporting has reported one customer's meter (docs/continuous.md).
+
+    Everything before `position` is reported, or left to its period's renewal true-up. A
+    `pending` window is one a sweep has claimed and not yet recorded: whoever meets it
+    finishes it (under its own identifier) before reporting anything else, so two sweeps
+    never report overlapping windows. `version` makes every change a conditional write.
+    The period totals count the sweeps' delivered reports of one service period: the
+    renewal checks that the ledger's customer index shows them all before it trues up."""
+
+    customer_id: str
+    meter_id: str
+    position: int
+    pending: ServicePeriod | None = None
+    pending_period: ServicePeriod | None = None  # the service period the pending window is in
+    period_start: int | None = None
+    period_reports: int = 0
+    period_total: Decimal = Decimal(0)  # what those reports make Stripe count
+    version: int = 0
+    updated_at: str = ""
 
 
 @dataclass(frozen=True)

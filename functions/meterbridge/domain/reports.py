@@ -157,6 +157,11 @@ class PlannedReport:
     line_ids: tuple[str, ...] = ()  # the invoice's lines this usage is billed on
     subscription_items: tuple[str, ...] = ()
     revision: int = 0
+    # A continuous-reporting sweep's window (invoice_id empty, `period` the window).
+    sweep: bool = False
+    # The meter event timestamp when the plan fixes it (sweeps, the renewal's true-up);
+    # otherwise the latest instant of `period` not after now (`meter_event_timestamp`).
+    timestamp: int | None = None
 
     @property
     def shared(self) -> bool:

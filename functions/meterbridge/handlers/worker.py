@@ -1,5 +1,5 @@
-"""SQS → worker: each record is one Stripe event or one of the worker's own confirmation
-checks; failures come back as batch item failures.
+"""SQS → worker: each record is one Stripe event, one of the worker's own confirmation
+checks, or a continuous-reporting sweep; failures come back as batch item failures.
 
 The one router of the worker: (body kind, event type) → the step that handles it
 (functions/meterbridge/worker/). Records of a batch run in a bounded thread pool so
@@ -30,7 +30,16 @@ from meterbridge.adapters.aws_clients import (
 )
 from meterbridge.adapters.outbound_http import outbound_deadline
 from meterbridge.errors import PermanentError
-from meterbridge.messages import ATTR_BODY_KIND, CONFIRM, EventEnvelope, read_body, read_confirm
+from meterbridge.messages import (
+    ATTR_BODY_KIND,
+    CONFIRM,
+    SWEEP,
+    EventEnvelope,
+    is_sweep_body,
+    read_body,
+    read_confirm,
+    read_sweep,
+)
 from meterbridge.observability import count, logger, metrics, tracer
 from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
 from meterbridge.worker.reporting import EventOutcome, OutOfInvocationTime
@@ -133,6 +142,9 @@ class Worker:
         try:
             if body_kind == CONFIRM:
                 return self._confirm(record)
+            # The schedule's message carries no attributes: it is known by its body.
+            if body_kind == SWEEP or (body_kind == "event" and is_sweep_body(record.body)):
+                return self._sweep(record, deadline)
             try:
                 envelope, full_event = read_body(record.body, body_kind)
             except (ValueError, KeyError, TypeError, ValidationError) as error:
@@ -220,6 +232,14 @@ class Worker:
             raise PermanentError(f"message {record.message_id} is no confirm request") from error
         outcome = self.pipeline.confirmation.check(request, self.pipeline.now())
         return "released" if outcome.released else "checked"
+
+    def _sweep(self, record: SQSRecord, deadline: float | None) -> str:
+        """A continuous-reporting sweep: a page of subscriptions, or a batch of pairs."""
+        try:
+            request = read_sweep(record.body)
+        except (ValueError, KeyError, TypeError, ValidationError) as error:
+            raise PermanentError(f"message {record.message_id} is no sweep request") from error
+        return self.pipeline.sweeps.handle(request, deadline).result
 
 
 def build_worker(environ: Mapping[str, str] | None = None) -> Worker:

@@ -9,6 +9,11 @@
     confirmation.py    delayed checks that Stripe counts what was sent
     reconciliation.py  invoice.finalized: the finalized lines against the usage
     meter_errors.py    Stripe's asynchronous rejections of sent reports
+    subscription_changes.py  an item removed, its price switched or the subscription cancelled
+                       mid-period: report up to that moment, alarm what Stripe missed
+    sweeps.py          continuous reporting: the schedule's sweep fanned out page by page
+    windows.py         one customer's meter reported window by window under its watermark
+    true_up.py         the renewal with continuous reporting: close the period, send the rest
     policy.py          the choices settings make; ports.py the interfaces each step needs
     composition.py     the one place the steps are wired (handler, operator CLI, tests)
 

@@ -15,6 +15,7 @@ import boto3
 from meterbridge.adapters.aws_clients import ledger_client_config
 from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.queue import SqsQueue
+from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
 from meterbridge.adapters.secrets import worker_secrets
 from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import UsageSource, usage_source_from
@@ -27,19 +28,23 @@ from meterbridge.worker.holding import DraftHold
 from meterbridge.worker.invoices import InvoiceReader
 from meterbridge.worker.meter_errors import MeterErrors
 from meterbridge.worker.planning import InvoicePlanner
-from meterbridge.worker.policy import GuardPolicy, ReportingPolicy
+from meterbridge.worker.policy import ContinuousPolicy, GuardPolicy, ReportingPolicy
 from meterbridge.worker.ports import (
     ConfirmQueue,
     Ledger,
     MessageQueue,
     MessageVisibility,
     Stripe,
+    SweepQueue,
 )
 from meterbridge.worker.reconciliation import InvoiceReconciliation
 from meterbridge.worker.reporting import InvoiceReporting
 from meterbridge.worker.sending import ReportSender
-from meterbridge.worker.subscription_changes import SubscriptionChanges
+from meterbridge.worker.subscription_changes import Continuous, SubscriptionChanges
+from meterbridge.worker.sweeps import Sweeps
+from meterbridge.worker.true_up import TrueUp
 from meterbridge.worker.usage import UsageLimits, UsageReader
+from meterbridge.worker.windows import Windows
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Dependencies:
     clock: Callable[[], float] = time.time
     event_queue: MessageQueue | None = None
     dead_letter_queue: MessageQueue | None = None
+    sweep_queue: SweepQueue | None = None  # the event queue, for a sweep's fan-out
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,10 @@ class Pipeline:
     reconciliation: InvoiceReconciliation
     meter_errors: MeterErrors
     subscription_changes: SubscriptionChanges
+    sweeps: Sweeps
     reporting_policy: ReportingPolicy
     guard_policy: GuardPolicy
+    continuous_policy: ContinuousPolicy
 
     @property
     def ledger(self) -> Ledger:
@@ -141,6 +149,7 @@ def connect(settings: WorkerSettings, *, dynamodb: Any = None) -> Dependencies:
         visibility=queue,
         event_queue=queue,
         dead_letter_queue=SqsQueue(dead_letters, attempts=3) if dead_letters else None,
+        sweep_queue=queue,
     )
 
 
@@ -170,6 +179,14 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
         confirm_max_checks=settings.confirm_max_checks,
         grace_period_seconds=settings.grace_period_seconds,
     )
+    continuous_policy = ContinuousPolicy(
+        cadence=settings.continuous_reporting,
+        settle_seconds=settings.sweep_settle_minutes * 60,
+        grace_period_seconds=settings.grace_period_seconds,
+        meter_event_names=settings.meter_event_names,
+        tenant_metadata_key=settings.tenant_metadata_key,
+        event_memory_seconds=settings.event_memory_seconds,
+    )
     stripe, ledger, clock = dependencies.stripe, dependencies.ledger, dependencies.clock
     invoices = InvoiceReader(stripe)
     limits = UsageLimits(
@@ -180,6 +197,10 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
     planner = InvoicePlanner(stripe, invoices, reporting_policy)
     sender = ReportSender(ledger, stripe, usage, reporting_policy, clock)
     hold = DraftHold(stripe, ledger, invoices, guard_policy)
+    # A fixed pace: growth 0, and no 429 ever reaches it (the gateway's limiter handles those).
+    pace = AdaptiveRateLimiter(settings.sweep_meter_event_rate, growth_per_second=0.0)
+    windows = Windows(ledger, usage, sender, continuous_policy, clock=clock, pace=pace)
+    continuous = Continuous(ledger, windows, clock) if continuous_policy.trues_up else None
     confirmation = Confirmation(
         stripe,
         ledger,
@@ -204,6 +225,7 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
             policy=reporting_policy,
             guarded=guard_policy.on,
             clock=clock,
+            true_up=TrueUp(ledger, windows, usage) if continuous_policy.trues_up else None,
         ),
         planner=planner,
         usage=usage,
@@ -212,7 +234,16 @@ def build_pipeline(settings: WorkerSettings, dependencies: Dependencies) -> Pipe
         confirmation=confirmation,
         reconciliation=InvoiceReconciliation(ledger, planner, usage, hold),
         meter_errors=MeterErrors(stripe, ledger),
-        subscription_changes=SubscriptionChanges(stripe, usage),
+        subscription_changes=SubscriptionChanges(stripe, usage, continuous),
+        sweeps=Sweeps(
+            stripe,
+            ledger,
+            dependencies.sweep_queue,
+            windows,
+            policy=continuous_policy,
+            clock=clock,
+        ),
         reporting_policy=reporting_policy,
         guard_policy=guard_policy,
+        continuous_policy=continuous_policy,
     )

@@ -3,6 +3,7 @@
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from meterbridge.domain.continuous import Cadence, sweeps, trues_up
 from meterbridge.domain.guard import GuardMode
 
 
@@ -38,3 +39,25 @@ class GuardPolicy:
     @property
     def holds(self) -> bool:
         return self.mode == "hold"
+
+
+@dataclass(frozen=True)
+class ContinuousPolicy:
+    """Continuous reporting (docs/continuous.md): sweeps during the period, a true-up at
+    renewal."""
+
+    cadence: Cadence = "off"
+    settle_seconds: int = 600
+    grace_period_seconds: int = 3600
+    pairs_per_message: int = 10  # (customer, meter) pairs one sweep work message carries
+    meter_event_names: Collection[str] = frozenset()
+    tenant_metadata_key: str | None = None
+    event_memory_seconds: int = 4 * 86_400
+
+    @property
+    def sweeps(self) -> bool:
+        return sweeps(self.cadence)
+
+    @property
+    def trues_up(self) -> bool:
+        return trues_up(self.cadence)

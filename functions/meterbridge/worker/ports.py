@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, Protocol
 
-from meterbridge.adapters.stripe_gateway import MeterEventReceipt
+from meterbridge.adapters.stripe_gateway import MeterEventReceipt, Page
 from meterbridge.domain.records import (
     Claim,
     ConfirmationStatus,
@@ -14,6 +14,7 @@ from meterbridge.domain.records import (
     InvoiceRecord,
     Reconciliation,
     ReportRecord,
+    Watermark,
 )
 from meterbridge.domain.reports import PlannedReport
 from meterbridge.messages import ConfirmRequest
@@ -28,6 +29,14 @@ class Stripe(Protocol):
         self, invoice_id: str, starting_after: str | None
     ) -> Iterator[dict[str, Any]]: ...
     def customer(self, customer_id: str) -> dict[str, Any]: ...
+    def subscriptions(
+        self,
+        *,
+        starting_after: str | None = None,
+        test_clock: str | None = None,
+        limit: int = 100,
+        expand_customers: bool = False,
+    ) -> Page: ...
     def price(self, price_id: str) -> dict[str, Any]: ...
     def meter(self, meter_id: str) -> dict[str, Any]: ...
     def test_clock_time(self, clock_id: str) -> int: ...
@@ -130,6 +139,20 @@ class RejectionLedger(Protocol):
     def stream_request(self, key: str) -> list[str]: ...
 
 
+class WatermarkLedger(Protocol):
+    """Continuous reporting's watermarks: every change a conditional write."""
+
+    def watermark(self, customer_id: str, meter_id: str) -> Watermark | None: ...
+    def save_watermark(self, mark: Watermark, expected: Watermark | None) -> bool: ...
+
+
+class WindowLedger(WatermarkLedger, Protocol):
+    """What reporting a window, and truing up a period, read."""
+
+    def report(self, identifier: str) -> ReportRecord | None: ...
+    def customer_reports(self, customer_id: str, since: int) -> list[ReportRecord]: ...
+
+
 class EventLedger(Protocol):
     """Processed Stripe events other than invoice.created (those live on the invoice)."""
 
@@ -140,11 +163,17 @@ class EventLedger(Protocol):
 
 
 class Ledger(
-    ReportLedger, ReportingLedger, HoldLedger, GuardLedger, RejectionLedger, EventLedger, Protocol
+    ReportLedger,
+    ReportingLedger,
+    HoldLedger,
+    GuardLedger,
+    RejectionLedger,
+    EventLedger,
+    WindowLedger,
+    Protocol,
 ):
     """Everything the worker's steps need together (the composition root's view)."""
 
-    def report(self, identifier: str) -> ReportRecord | None: ...
     def record_stream_request(self, key: str, identifiers: list[str], now: int) -> None: ...
 
 
@@ -159,6 +188,18 @@ class MessageQueue(Protocol):
     failed message to its dead-letter queue."""
 
     def send(self, body: str, attributes: dict[str, str], delay_seconds: int = 0) -> str: ...
+
+
+class Pace(Protocol):
+    """Waits for the next slot of a fixed pace (adapters/rate_limiter.py)."""
+
+    def acquire(self) -> None: ...
+
+
+class SweepQueue(Protocol):
+    """A sweep's fan-out (adapters/queue.py): many messages at once."""
+
+    def send_batch(self, messages: list[tuple[str, dict[str, str]]]) -> None: ...
 
 
 class MessageVisibility(Protocol):

@@ -147,20 +147,28 @@ class InvoiceReconciliation:
     ) -> tuple[Verdict, str | None]:
         meter, period = group.meter, group.period
         on_meter = [r for r in reports if r.meter_id == meter.id]
-        own = [r for r in on_meter if (r.period.start, r.period.end) == (period.start, period.end)]
+        own = [
+            r
+            for r in on_meter
+            if not r.sweep and (r.period.start, r.period.end) == (period.start, period.end)
+        ]
         counted = [r for r in _not_superseded(own) if r.delivered]
-        # Stripe bills a line every event of the customer on this meter inside its period.
+        # Stripe bills a line every event of the customer on this meter inside its period:
+        # continuous reporting's sweep windows included (docs/continuous.md).
         in_period = [
             r
             for r in _not_superseded(on_meter)
             if r.delivered and r.timestamp is not None and period.start <= r.timestamp < period.end
         ]
+        swept = any(r.sweep for r in in_period)
         # Reports of other invoices on overlapping periods, or this one's that other
-        # invoices bill too: the meter is billed more than once.
+        # invoices bill too: the meter is billed more than once. Sweep reports belong to
+        # the period, never to another invoice.
         others = [
             r
             for r in on_meter
-            if r.delivered
+            if not r.sweep
+            and r.delivered
             and overlaps(r.period, period)
             and (r.invoice_id != invoice.id or r.also_billed_on - {invoice.id})
         ]
@@ -174,7 +182,7 @@ class InvoiceReconciliation:
                 expected_aggregate(
                     meter.formula, [sent_usage(r) for r in in_period], meter.event_time_window
                 )
-                if counted
+                if counted or swept
                 else None
             ),
             shared=len(group.lines) > 1 or bool(others),

@@ -13,7 +13,7 @@ from typing import Any
 
 from meterbridge.domain.eligibility import ineligibility_reason
 from meterbridge.domain.invoices import Invoice
-from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus
+from meterbridge.domain.records import InvoiceChanges, InvoiceRecord, InvoiceStatus, ReportRecord
 from meterbridge.domain.reports import InvoicePlan, PlannedReport, refusal
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.messages import EventEnvelope
@@ -25,6 +25,7 @@ from meterbridge.worker.planning import InvoicePlanner
 from meterbridge.worker.policy import ReportingPolicy
 from meterbridge.worker.ports import ReportingLedger, Stripe
 from meterbridge.worker.sending import ReportSender, SendResult
+from meterbridge.worker.true_up import Remainders, TrueUp
 from meterbridge.worker.usage import UsageReader
 
 
@@ -54,6 +55,28 @@ class OutOfInvocationTime(TransientError):
     def __init__(self, message: str, *, progressed: bool):
         super().__init__(message)
         self.progressed = progressed
+
+
+def _remainders(  # noqa: PLR0917 - the invoice's reporting state, passed through
+    true_up: TrueUp | None,
+    invoice: Invoice,
+    plan: InvoicePlan,
+    done: dict[str, ReportRecord],
+    tenant: str | None,
+    now: int,
+    clock_offset: int,
+) -> Remainders | None:
+    """With continuous reporting, the reports still to send closed against the sweeps."""
+    if true_up is None:
+        return None
+    open_reports = [
+        r
+        for r in plan.reports
+        if (found := done.get(r.identifier)) is None or not (found.status.done or found.closed)
+    ]
+    if not open_reports:
+        return None
+    return true_up.begin(invoice, open_reports, tenant, now, clock_offset)
 
 
 REASONS_SHOWN = 5  # failures quoted in one message: a 10,000-line invoice must not log 800 KB
@@ -117,6 +140,7 @@ class InvoiceReporting:
         policy: ReportingPolicy,
         guarded: bool,
         clock: Callable[[], float] = time.time,
+        true_up: TrueUp | None = None,
     ):
         self._stripe = stripe
         self._ledger = ledger
@@ -129,6 +153,7 @@ class InvoiceReporting:
         self._policy = policy
         self._guarded = guarded  # INVOICE_GUARD is not off
         self._clock = clock
+        self._true_up = true_up  # continuous reporting: send remainders (worker/true_up.py)
 
     def on_invoice_created(
         self,
@@ -203,7 +228,7 @@ class InvoiceReporting:
                 raise
             if not plan.reports and not plan.unreported:
                 reason = "no line is priced by a meter that meterbridge reports"
-        findings = self._findings(invoice, plan)
+        findings = _findings(invoice, plan)
         refused = [u.reason for u in plan.unreported if refusal(u.meter)]
         if reason is not None or not plan.reports:
             reason = reason or "; ".join(findings) or "nothing to report"
@@ -270,6 +295,7 @@ class InvoiceReporting:
         progress = Progress()
         done = self._ledger.reports([r.identifier for r in plan.reports]) if careful else {}
         clock_offset = self.clock_offset(invoice, now)
+        remainders = _remainders(self._true_up, invoice, plan, done, tenant, now, clock_offset)
         for report in plan.reports:
             record = done.get(report.identifier)
             if record is not None and (record.status.done or record.closed):
@@ -280,9 +306,15 @@ class InvoiceReporting:
                 progress.statuses[report.identifier] = "retry"
                 continue
             try:
+                sent, value = remainders.of(report) if remainders else (report, None)
                 # Each report's own `now`: leases and timestamps from when it starts.
                 result = self._sender.send(
-                    report, tenant, int(self._clock()), clock_offset=clock_offset, careful=careful
+                    sent,
+                    tenant,
+                    int(self._clock()),
+                    clock_offset=clock_offset,
+                    careful=careful,
+                    value=value,
                 )
                 progress.attempted += 1
                 progress.note(report, result)
@@ -295,32 +327,6 @@ class InvoiceReporting:
                 progress.statuses[report.identifier] = "failed"
                 progress.permanent.append(f"{report.identifier}: {error}")
         return progress
-
-    def _findings(self, invoice: Invoice, plan: InvoicePlan) -> list[str]:
-        """Shared meters and lines no report can reach, each alarmed and written down."""
-        context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
-        findings = []
-        for shared in plan.shared:
-            count("SharedMeter")
-            logger.error(
-                "a meter is priced on several lines of one customer: Stripe bills the usage on"
-                " each (reported once)",
-                extra={**context, "meter": shared.meter.id, "lines": list(shared.line_ids)},
-            )
-            findings.append(shared.describe())
-        for line in plan.unreported:
-            if refusal(line.meter):
-                # Refused for good: alarmed once, never retried in a loop.
-                count("ReportsFailed")
-                count("UnsupportedMeters")
-                logger.error("meter not reportable", extra={**context, "reason": line.reason})
-            else:
-                logger.warning(
-                    "metered line not reportable",
-                    extra={**context, "line_id": line.line_id, "reason": line.reason},
-                )
-            findings.append(f"line {line.line_id}: {line.reason}")
-        return findings
 
     def _record(
         self,
@@ -360,3 +366,30 @@ class InvoiceReporting:
                 "test clock unreadable", extra={"invoice_id": invoice.id, "reason": str(error)}
             )
             return 0
+
+
+def _findings(invoice: Invoice, plan: InvoicePlan) -> list[str]:
+    """Shared meters and lines no report can reach, each alarmed and written down."""
+    context = {"invoice_id": invoice.id, "customer_id": invoice.customer_id}
+    findings = []
+    for shared in plan.shared:
+        count("SharedMeter")
+        logger.error(
+            "a meter is priced on several lines of one customer: Stripe bills the usage on"
+            " each (reported once)",
+            extra={**context, "meter": shared.meter.id, "lines": list(shared.line_ids)},
+        )
+        findings.append(shared.describe())
+    for line in plan.unreported:
+        if refusal(line.meter):
+            # Refused for good: alarmed once, never retried in a loop.
+            count("ReportsFailed")
+            count("UnsupportedMeters")
+            logger.error("meter not reportable", extra={**context, "reason": line.reason})
+        else:
+            logger.warning(
+                "metered line not reportable",
+                extra={**context, "line_id": line.line_id, "reason": line.reason},
+            )
+        findings.append(f"line {line.line_id}: {line.reason}")
+    return findings

@@ -25,7 +25,7 @@ from meterbridge.domain.reports import (
 from meterbridge.errors import PermanentError, TransientError
 from meterbridge.observability import count, logger
 from meterbridge.worker.policy import ReportingPolicy
-from meterbridge.worker.ports import ReportLedger, Stripe
+from meterbridge.worker.ports import Pace, ReportLedger, Stripe
 from meterbridge.worker.usage import Measured, Measurement, Unmeasured, UsageReader
 
 
@@ -63,6 +63,7 @@ class ReportSender:
         clock_offset: int = 0,
         careful: bool = True,
         value: Decimal | None = None,
+        pace: Pace | None = None,
     ) -> SendResult:
         """Report one planned report; raises TransientError / PermanentError when it fails.
 
@@ -71,6 +72,7 @@ class ReportSender:
         report nobody has touched yet is claimed together with its value in one write.
         `clock_offset`: the invoice's clock minus real time (lateness is judged on it).
         `value`: send this instead of the usage source's value (an operator's correction).
+        `pace`: waited for right before the meter event (a sweep's share of Stripe's limit).
         """
         context = {
             "invoice_id": plan.invoice_id,
@@ -108,6 +110,8 @@ class ReportSender:
                 return SendResult.SKIPPED
             if not fresh:
                 self._ledger.record_value(claim, measurement.value, measurement.timestamp, now)
+            if pace is not None:
+                pace.acquire()
             receipt = self._send(plan, measurement, claim.attempt)
         except (TransientError, PermanentError) as error:
             self._fail(claim, error, now, context)

@@ -80,15 +80,7 @@ class UsageReader:
     def read(self, plan: PlannedReport, tenant: str | None) -> Decimal:
         """The usage source's value for one planned report, now, within the meter's range:
         nothing implausible reaches Stripe."""
-        value = self._query(plan.customer_id, tenant, plan.meter.event_name, plan.period)
-        name = plan.meter.event_name
-        check_usage_value(
-            value,
-            meter_event_name=name,
-            ceiling=self._limits.ceilings.for_meter(name),
-            allow_negative=self._limits.allow_negative,
-        )
-        return value
+        return self.span(plan.customer_id, tenant, plan.meter.event_name, plan.period)
 
     def measure(
         self, plan: PlannedReport, tenant: str | None, now: int, value: Decimal | None = None
@@ -96,10 +88,26 @@ class UsageReader:
         """The report's value and timestamp, or the error that prevents them. `value`, when
         given, is sent instead of the usage source's (an operator's correction)."""
         try:
-            timestamp = meter_event_timestamp(plan.period, now, plan.test_clock)
+            timestamp = plan.timestamp
+            if timestamp is None:
+                timestamp = meter_event_timestamp(plan.period, now, plan.test_clock)
             return Measured(self.read(plan, tenant) if value is None else value, timestamp)
         except (TransientError, PermanentError) as error:
             return Unmeasured(error)
+
+    def span(
+        self, customer_id: str, tenant: str | None, meter: str, period: ServicePeriod
+    ) -> Decimal:
+        """The usage source's value for any span of one customer's meter (a sweep's window),
+        within the meter's range like a renewal's."""
+        value = self._query(customer_id, tenant, meter, period)
+        check_usage_value(
+            value,
+            meter_event_name=meter,
+            ceiling=self._limits.ceilings.for_meter(meter),
+            allow_negative=self._limits.allow_negative,
+        )
+        return value
 
     def current(self, customer_id: str, meter_event_name: str, period: ServicePeriod) -> Decimal:
         """The usage source's value now, for reconciliation: usage may arrive after reporting."""

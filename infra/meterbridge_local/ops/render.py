@@ -127,6 +127,8 @@ def replay(out: Console, result: ReplayResult) -> None:
 def invoice_summaries(out: Console, summaries: list[InvoiceSummary]) -> None:
     for summary in summaries:
         header = f"invoice {summary.invoice_id}: {summary.status}"
+        if not summary.invoice_id:
+            header = summary.status
         if summary.reason:
             header += f" — {summary.reason}"
         for part in (summary.guard, summary.reconciliation):

@@ -24,9 +24,11 @@ from typing import Any
 import boto3
 
 from meterbridge.adapters.stripe_gateway import UnknownStripeObject
+from meterbridge.domain.continuous import true_up_value
+from meterbridge.domain.guard import sent_usage
 from meterbridge.domain.invoices import Invoice
-from meterbridge.domain.records import InvoiceChanges
-from meterbridge.domain.reports import PlannedReport, refusal
+from meterbridge.domain.records import InvoiceChanges, ReportRecord
+from meterbridge.domain.reports import PlannedReport, meter_event_timestamp, refusal
 from meterbridge.errors import PermanentError, SettingsError, TransientError
 from meterbridge.worker.composition import Pipeline, build_pipeline, connect, worker_settings
 from meterbridge.worker.invoices import parse_invoice
@@ -188,7 +190,10 @@ class InvoiceReRun:
             return correction
         # A revision Stripe rejected asynchronously was never counted: `counted` leaves it
         # out, so the correction re-sends its value under the next revision.
-        correction.counted = revisions.counted(plan.meter)
+        # With continuous reporting, the sweeps' windows in the period count too
+        # (docs/continuous.md): the correction is a true-up over all of them.
+        swept = self._swept(plan) if self._pipeline.continuous_policy.trues_up else []
+        correction.counted = revisions.counted(plan.meter, swept)
         try:
             correction.correct = self._pipeline.usage.read(plan, tenant)
         except (TransientError, PermanentError) as error:
@@ -200,6 +205,10 @@ class InvoiceReRun:
         correction.full_value = replaces
         difference = correction.correct - correction.counted
         correction.delta = correction.correct if replaces else difference
+        if swept:
+            delivered = [sent_usage(r) for r in [*revisions.items, *swept] if r.delivered]
+            at = meter_event_timestamp(plan.period, self._pipeline.now(), plan.test_clock)
+            correction.delta = true_up_value(plan.meter, correction.correct, delivered, at)
         correction.identifier = plan.revised(revision).identifier
         if difference == 0 and unfinished is None:
             correction.result, correction.identifier = "unchanged", None
@@ -218,6 +227,19 @@ class InvoiceReRun:
                 )
             return correction
         return self._send_correction(invoice, plan.revised(revision), tenant, correction)
+
+    def _swept(self, plan: PlannedReport) -> list[ReportRecord]:
+        """The sweeps' delivered windows of the customer's meter inside the period."""
+        period = plan.period
+        return [
+            r
+            for r in self._pipeline.ledger.customer_reports(plan.customer_id, since=period.start)
+            if r.sweep
+            and r.delivered
+            and r.meter_id == plan.meter.id
+            and r.timestamp is not None
+            and period.start <= r.timestamp < period.end
+        ]
 
     def _send_correction(
         self, invoice: Invoice, plan: PlannedReport, tenant: str | None, correction: Correction

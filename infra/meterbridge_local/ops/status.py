@@ -166,6 +166,8 @@ def _summary(view: InvoiceView) -> InvoiceSummary:
     status = "(no invoice record)"
     if record is not None and record.status is not None:
         status = record.status.value
+    if not view.invoice_id:  # continuous reporting's windows belong to no invoice
+        status = "sweep windows (continuous reporting, docs/continuous.md)"
     return InvoiceSummary(
         invoice_id=view.invoice_id,
         status=status,

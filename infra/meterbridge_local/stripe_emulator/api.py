@@ -424,7 +424,8 @@ class Api:
     @route("GET", "/v1/subscriptions")
     def list_subscriptions(self, call: Call) -> Obj:
         """Without `status`, every subscription that is not canceled; `ended` is canceled or
-        incomplete_expired; `all` is all (docs/stripe.md#S-LIST-1)."""
+        incomplete_expired; `all` is all (docs/stripe.md#S-LIST-1). Subscriptions on a test
+        clock only when `test_clock` or `customer` is given (S-LIST-3)."""
         params = call.params
         status = params.get("status")
         price = params.get("price")
@@ -443,6 +444,7 @@ class Api:
                 for s in reversed(self.store.all("subscription"))
                 if wanted(s)
                 and all(s.get(k) == params[k] for k in ("customer", "test_clock") if params.get(k))
+                and (not s.get("test_clock") or params.get("test_clock") or params.get("customer"))
                 and (not price or any(i["price"]["id"] == price for i in self.billing.items_of(s)))
             ]
             return paginate(found, params, "/v1/subscriptions", self.billing.render_subscription)
