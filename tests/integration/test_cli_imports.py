@@ -68,6 +68,8 @@ def test_status_and_dlq_load_no_local_stack(aws: MotoServer):
     create_ledger_table(boto3.client("dynamodb"), table)
     queue, _ = queue_with_dead_letters("imports", max_receive_count=3)
     environment = dict(os.environ)  # points boto3 at moto (the aws fixture)
+    for exported in ("QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "LEDGER_TABLE"):
+        environment.pop(exported, None)  # only the flags below say where to look
 
     code, modules, output = _loaded(
         "status", "invoice", "in_none", "--ledger-table", table, environment=environment

@@ -219,11 +219,13 @@ def test_the_export_line_of_meterbridge_local_is_all_the_commands_need(
         assert exported["QUEUE_URL"] == stack.event_queue_url
         assert exported["DEAD_LETTER_QUEUE_URL"] == stack.dead_letter_queue_url
         assert exported["LEDGER_TABLE"] == stack.ledger_table_name
-        for name in ("QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "LEDGER_TABLE"):
-            monkeypatch.setenv(name, exported[name])
         enqueue(stack.dead_letter_queue_url, invoice_event("in_local"))
-
-        code, output = cli(capsys, "dlq", "list")
+        # Undone before the stack restores the environment it set: undone after, it would
+        # leave this stack's queues exported to the next test in the process.
+        with monkeypatch.context() as exported_environment:
+            for name in ("QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "LEDGER_TABLE"):
+                exported_environment.setenv(name, exported[name])
+            code, output = cli(capsys, "dlq", "list")
 
         assert code == 0, output
         assert "in_local" in output
