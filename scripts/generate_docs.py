@@ -178,21 +178,40 @@ def _allowed(field: FieldInfo) -> str:
     return ", ".join(parts) or "any"
 
 
+def _field_groups(model: type[BaseModel]) -> list[tuple[str, list[str]]]:
+    """The model's fields by the settings class that declares them, base classes first."""
+    groups: list[tuple[str, list[str]]] = []
+    for cls in reversed(model.__mro__):
+        names = [
+            name for name in vars(cls).get("__annotations__", {}) if name in model.model_fields
+        ]
+        if names:
+            summary = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+            groups.append((summary, names))
+    return groups
+
+
 def function_table(template: dict[str, Any], function: str, model: type[BaseModel]) -> str:
     variables = _merged_variables(template, function)
-    rows = [
-        "| variable | default | allowed | set by the template from | meaning |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, field in model.model_fields.items():
-        if not field.description:
-            raise SystemExit(f"settings.py: {model.__name__}.{name} has no description")
-        alias = field.alias or name
-        rows.append(
-            f"| `{alias}` | {_default(field)} | {_allowed(field)}"
-            f" | {_set_by(template, variables.get(alias))} | {_cell(field.description)} |"
-        )
-    return "\n".join(rows)
+    tables = []
+    for summary, names in _field_groups(model):
+        rows = [
+            summary,
+            "",
+            "| variable | default | allowed | set by the template from | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name in names:
+            field = model.model_fields[name]
+            if not field.description:
+                raise SystemExit(f"settings.py: {model.__name__}.{name} has no description")
+            alias = field.alias or name
+            rows.append(
+                f"| `{alias}` | {_default(field)} | {_allowed(field)}"
+                f" | {_set_by(template, variables.get(alias))} | {_cell(field.description)} |"
+            )
+        tables.append("\n".join(rows))
+    return "\n\n".join(tables)
 
 
 def unmodelled_variables(

@@ -62,14 +62,18 @@ def load_settings(model: type[SettingsModel], environ: Mapping[str, str]) -> Set
         raise SettingsError(f"invalid {model.__name__}: " + "; ".join(problems)) from None
 
 
-class StripeCredentialSettings(BaseModel):
+class SettingsGroup(BaseModel):
+    """A group of settings read from environment variables; the models below combine them."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class StripeCredentialSettings(SettingsGroup):
     """Where Stripe secrets come from: Secrets Manager in AWS, environment variables locally.
 
     Each function's model adds only the variables it reads: the worker the API key, the
     webhook the signing secrets (README, "Security": neither can read the other's).
     """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     stripe_secret_arn: str | None = Field(
         None,
@@ -162,8 +166,8 @@ class WebhookSettings(StripeCredentialSettings):
         return self
 
 
-class WorkerSettings(StripeCredentialSettings):
-    """The worker function: invoice.created → usage → meter events, recorded in the ledger."""
+class StripeCallSettings(StripeCredentialSettings):
+    """How the worker calls Stripe: the key, the meter-event API, timeouts, retries and pace."""
 
     stripe_api_key: str | None = Field(
         None,
@@ -174,6 +178,78 @@ class WorkerSettings(StripeCredentialSettings):
             " `STRIPE_SECRET_ARN` is required."
         ),
     )
+    meter_event_api: Literal["v1", "v2"] = Field(
+        "v1",
+        alias="METER_EVENT_API",
+        description=(
+            "`v1`: one `POST /v1/billing/meter_events` per report (Stripe answers duplicates"
+            " synchronously). `v2`: the meter event stream — a session token (15 min, cached)"
+            " and `POST /v2/billing/meter_event_stream` with up to 100 ready reports per request;"
+            " validation is asynchronous: errors arrive as thin meter error events naming the"
+            " request, not the event; the ledger records which reports each request carried and"
+            " marks them `suspect` until a confirmation check proves them."
+        ),
+    )
+    stripe_api_base: str | None = Field(
+        None,
+        alias="STRIPE_API_BASE",
+        description="Base URL for both the `api` and `meter_events` hosts (the local emulator).",
+    )
+    stripe_timeout_seconds: float = Field(
+        10.0,
+        alias="STRIPE_TIMEOUT_SECONDS",
+        gt=0,
+        description=(
+            "Connect and read timeout of each Stripe request (the SDK's default of 80 s exceeds"
+            " a Lambda's budget); part of the no-start margin above."
+        ),
+    )
+    stripe_max_network_retries: int = Field(
+        2,
+        alias="STRIPE_MAX_NETWORK_RETRIES",
+        ge=0,
+        le=10,
+        description="SDK retries for connection errors, 409 and 5xx (same idempotency key).",
+    )
+    stripe_rate_limit_retries: int = Field(
+        3,
+        alias="STRIPE_RATE_LIMIT_RETRIES",
+        ge=0,
+        le=10,
+        description=(
+            "meterbridge's own retries on 429 (the SDK does not retry 429): meter-event calls"
+            " wait for the limiter's next slot, other calls back off with jitter from 0.5 s."
+        ),
+    )
+    # Meter-event requests per second a container starts at; the limiter adapts on 429.
+    meter_event_rate: float = Field(
+        100.0,
+        alias="METER_EVENT_RATE",
+        gt=0,
+        description=(
+            "Meter-event requests per second each container starts at. A process-wide limiter"
+            " spaces meter-event requests (v1 events, v2 stream requests); a 429 cuts its pace"
+            " to 0.8 x what Stripe accepted in the last second, it returns to 95 % of that within"
+            " about a second and then probes +2 %/s. Set near your account's limit divided by"
+            " the expected concurrent containers."
+        ),
+    )
+    # v2: how long a ready event waits for others to share its stream request.
+    stream_linger_seconds: float = Field(
+        0.05,
+        alias="STREAM_LINGER_SECONDS",
+        ge=0,
+        le=5,
+        description=(
+            "v2 only: how long a ready report waits for others to share its stream request (a"
+            " request also leaves as soon as 100 are waiting)."
+        ),
+    )
+
+
+class QueueAndLedgerSettings(SettingsGroup):
+    """Where the worker keeps its state and how it retries: the ledger, the queues, back-off."""
+
     ledger_table: str = Field(
         alias="LEDGER_TABLE",
         min_length=1,
@@ -216,6 +292,60 @@ class WorkerSettings(StripeCredentialSettings):
             " finalization time is dead-lettered and alarmed (its reports would be late)."
         ),
     )
+    # Up to 128: with METER_EVENT_API=v2 a stream request carries what the threads hold (≤ 100).
+    batch_concurrency: int = Field(
+        16,
+        alias="BATCH_CONCURRENCY",
+        ge=1,
+        le=128,
+        description=(
+            "Records of one SQS batch processed in parallel (threads, one pool per container)."
+            " Also the size of the Stripe HTTP connection pool (and twice that for DynamoDB). For"
+            " v2 streams of 100 events per request, set it to 100 or more."
+        ),
+    )
+    # Stripe retries webhooks for up to 3 days; remember event ids at least that long.
+    event_memory_seconds: int = Field(
+        4 * 86_400,
+        alias="EVENT_MEMORY_SECONDS",
+        ge=3 * 86_400,
+        description=(
+            "How long processed Stripe event ids are remembered (at least Stripe's 3-day retry"
+            " window). `invoice.created` ids live on their invoice's ledger item instead, added"
+            " only with a final outcome."
+        ),
+    )
+    report_lease_seconds: int = Field(
+        120,
+        alias="REPORT_LEASE_SECONDS",
+        gt=0,
+        description=(
+            "How long a claimed report stays reserved for one worker; a crashed worker's report"
+            " is taken over after it. Keep above `STRIPE_TIMEOUT_SECONDS` x"
+            " (`STRIPE_MAX_NETWORK_RETRIES` + 1)."
+        ),
+    )
+    retry_backoff_base_seconds: int = Field(
+        30,
+        alias="RETRY_BACKOFF_BASE_SECONDS",
+        ge=0,
+        description="Visibility back-off after a transient failure: base x 2^(attempt-1) …",
+    )
+    retry_backoff_max_seconds: int = Field(
+        900,
+        alias="RETRY_BACKOFF_MAX_SECONDS",
+        ge=0,
+        le=43_200,
+        description=(
+            "… capped here (and at SQS's 12 h). Permanent failures are retried after the base"
+            " delay until `maxReceiveCount` moves them to the DLQ."
+        ),
+    )
+
+
+class UsageSourceSettings(SettingsGroup):
+    """Which invoices are reported and where their usage comes from."""
+
     usage_source: str = Field(
         alias="USAGE_SOURCE",
         min_length=1,
@@ -321,123 +451,11 @@ class WorkerSettings(StripeCredentialSettings):
             " `automatically_finalizes_at`. Reports sent after the deadline are recorded `late`."
         ),
     )
-    meter_event_api: Literal["v1", "v2"] = Field(
-        "v1",
-        alias="METER_EVENT_API",
-        description=(
-            "`v1`: one `POST /v1/billing/meter_events` per report (Stripe answers duplicates"
-            " synchronously). `v2`: the meter event stream — a session token (15 min, cached)"
-            " and `POST /v2/billing/meter_event_stream` with up to 100 ready reports per request;"
-            " validation is asynchronous: errors arrive as thin meter error events naming the"
-            " request, not the event; the ledger records which reports each request carried and"
-            " marks them `suspect` until a confirmation check proves them."
-        ),
-    )
-    stripe_api_base: str | None = Field(
-        None,
-        alias="STRIPE_API_BASE",
-        description="Base URL for both the `api` and `meter_events` hosts (the local emulator).",
-    )
-    stripe_timeout_seconds: float = Field(
-        10.0,
-        alias="STRIPE_TIMEOUT_SECONDS",
-        gt=0,
-        description=(
-            "Connect and read timeout of each Stripe request (the SDK's default of 80 s exceeds"
-            " a Lambda's budget); part of the no-start margin above."
-        ),
-    )
-    stripe_max_network_retries: int = Field(
-        2,
-        alias="STRIPE_MAX_NETWORK_RETRIES",
-        ge=0,
-        le=10,
-        description="SDK retries for connection errors, 409 and 5xx (same idempotency key).",
-    )
-    stripe_rate_limit_retries: int = Field(
-        3,
-        alias="STRIPE_RATE_LIMIT_RETRIES",
-        ge=0,
-        le=10,
-        description=(
-            "meterbridge's own retries on 429 (the SDK does not retry 429): meter-event calls"
-            " wait for the limiter's next slot, other calls back off with jitter from 0.5 s."
-        ),
-    )
-    # Up to 128: with METER_EVENT_API=v2 a stream request carries what the threads hold (≤ 100).
-    batch_concurrency: int = Field(
-        16,
-        alias="BATCH_CONCURRENCY",
-        ge=1,
-        le=128,
-        description=(
-            "Records of one SQS batch processed in parallel (threads, one pool per container)."
-            " Also the size of the Stripe HTTP connection pool (and twice that for DynamoDB). For"
-            " v2 streams of 100 events per request, set it to 100 or more."
-        ),
-    )
-    # Meter-event requests per second a container starts at; the limiter adapts on 429.
-    meter_event_rate: float = Field(
-        100.0,
-        alias="METER_EVENT_RATE",
-        gt=0,
-        description=(
-            "Meter-event requests per second each container starts at. A process-wide limiter"
-            " spaces meter-event requests (v1 events, v2 stream requests); a 429 cuts its pace"
-            " to 0.8 x what Stripe accepted in the last second, it returns to 95 % of that within"
-            " about a second and then probes +2 %/s. Set near your account's limit divided by"
-            " the expected concurrent containers."
-        ),
-    )
-    # v2: how long a ready event waits for others to share its stream request.
-    stream_linger_seconds: float = Field(
-        0.05,
-        alias="STREAM_LINGER_SECONDS",
-        ge=0,
-        le=5,
-        description=(
-            "v2 only: how long a ready report waits for others to share its stream request (a"
-            " request also leaves as soon as 100 are waiting)."
-        ),
-    )
-    # Stripe retries webhooks for up to 3 days; remember event ids at least that long.
-    event_memory_seconds: int = Field(
-        4 * 86_400,
-        alias="EVENT_MEMORY_SECONDS",
-        ge=3 * 86_400,
-        description=(
-            "How long processed Stripe event ids are remembered (at least Stripe's 3-day retry"
-            " window). `invoice.created` ids live on their invoice's ledger item instead, added"
-            " only with a final outcome."
-        ),
-    )
-    report_lease_seconds: int = Field(
-        120,
-        alias="REPORT_LEASE_SECONDS",
-        gt=0,
-        description=(
-            "How long a claimed report stays reserved for one worker; a crashed worker's report"
-            " is taken over after it. Keep above `STRIPE_TIMEOUT_SECONDS` x"
-            " (`STRIPE_MAX_NETWORK_RETRIES` + 1)."
-        ),
-    )
-    retry_backoff_base_seconds: int = Field(
-        30,
-        alias="RETRY_BACKOFF_BASE_SECONDS",
-        ge=0,
-        description="Visibility back-off after a transient failure: base x 2^(attempt-1) …",
-    )
-    retry_backoff_max_seconds: int = Field(
-        900,
-        alias="RETRY_BACKOFF_MAX_SECONDS",
-        ge=0,
-        le=43_200,
-        description=(
-            "… capped here (and at SQS's 12 h). Permanent failures are retried after the base"
-            " delay until `maxReceiveCount` moves them to the DLQ."
-        ),
-    )
-    # Invoice guard (README, "Invoice guard"; docs/guard.md).
+
+
+class InvoiceGuardSettings(SettingsGroup):
+    """The invoice guard (docs/guard.md): hold, confirmation and their timing."""
+
     invoice_guard: Literal["off", "confirm", "hold"] = Field(
         "confirm",
         alias="INVOICE_GUARD",
@@ -497,7 +515,10 @@ class WorkerSettings(StripeCredentialSettings):
         ),
     )
 
-    # Continuous reporting (docs/continuous.md).
+
+class ContinuousReportingSettings(SettingsGroup):
+    """Continuous reporting (docs/continuous.md): usage swept into Stripe during the period."""
+
     continuous_reporting: Literal["off", "hourly", "daily", "true-up-only"] = Field(
         "off",
         alias="CONTINUOUS_REPORTING",
@@ -521,7 +542,6 @@ class WorkerSettings(StripeCredentialSettings):
             " past the hour: windows end on the hour)."
         ),
     )
-
     sweep_meter_event_rate: float = Field(
         180.0,
         alias="SWEEP_METER_EVENT_RATE",
@@ -533,6 +553,16 @@ class WorkerSettings(StripeCredentialSettings):
             " 1,000/s. Renewals are not held to it."
         ),
     )
+
+
+class WorkerSettings(
+    ContinuousReportingSettings,
+    InvoiceGuardSettings,
+    UsageSourceSettings,
+    QueueAndLedgerSettings,
+    StripeCallSettings,
+):
+    """The worker function: invoice.created → usage → meter events, recorded in the ledger."""
 
     @field_validator(
         "tenant_metadata_key",
