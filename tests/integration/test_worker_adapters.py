@@ -13,7 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from meterbridge.adapters.stripe_gateway import StripeGateway, UnknownStripeObject
+from meterbridge.adapters.stripe_calls import UnknownStripeObject
+from meterbridge.adapters.stripe_gateway import StripeGateway
 from meterbridge.adapters.usage_sources import (
     CallableUsageSource,
     DynamoDbUsageSource,

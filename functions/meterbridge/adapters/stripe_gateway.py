@@ -1,37 +1,23 @@
 """StripeGateway: the only code that talks to Stripe; hides the SDK behind plain dicts.
 
-Timeouts, retries and error classes are decided here so the worker never sees an SDK type:
-- the SDK's default 80 s HTTP timeout is far beyond a Lambda's budget, so it is explicit;
-- the SDK retries connection errors, 409 and 5xx (`max_network_retries`) but never 429,
-  so 429 gets its own jittered exponential back-off before becoming a TransientError;
-- a 400 saying an event with this identifier already exists means Stripe holds the report
-  (docs/stripe.md#S-ME-2): AlreadyDelivered, never a failure.
+How each call is made (timeouts, 429 back-off, failure classes) is StripeCalls'
+(adapters/stripe_calls.py); v2 meter events go through MeterEventStream
+(adapters/meter_event_stream.py). The worker never sees an SDK type.
 """
 
-import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-import stripe
-
-from meterbridge.adapters.rate_limiter import AdaptiveRateLimiter
-from meterbridge.adapters.stripe_http import stripe_http_client
-from meterbridge.errors import AlreadyDelivered, PermanentError, TransientError
-
-T = TypeVar("T")
+from meterbridge.adapters.meter_event_stream import MeterEventStream, StreamRequestHook
+from meterbridge.adapters.stripe_calls import IdempotencyKeyReused, StripeCalls, StripeDuplicate
 
 LINES_PAGE_SIZE = 100
 SUBSCRIPTIONS_PAGE_SIZE = 100  # Stripe's largest page
-
-
-class UnknownStripeObject(PermanentError):
-    """Stripe answered 404: the object (customer, price, meter, event) does not exist."""
 
 
 @dataclass(frozen=True)
@@ -48,18 +34,6 @@ class Page:
 
     data: list[dict[str, Any]]
     has_more: bool
-
-
-STREAM_KEY_PREFIX = "mbs-"
-
-# Called with (idempotency key, identifiers) before each v2 stream request is sent: Stripe's
-# asynchronous error reports name only that key, so the ledger must know what it carried.
-StreamRequestHook = Callable[[str, list[str]], None]
-
-
-def _is_duplicate_identifier(error: stripe.InvalidRequestError) -> bool:
-    message = (error.user_message or str(error) or "").lower()
-    return "already exists" in message and "identifier" in message
 
 
 class StripeGateway:
@@ -81,28 +55,28 @@ class StripeGateway:
         stream_linger_seconds: float = 0.05,
         on_stream_request: StreamRequestHook | None = None,
     ):
-        base_addresses: Any = {"api": api_base, "meter_events": api_base} if api_base else None
-        self._client = stripe.StripeClient(
+        self._calls = StripeCalls(
             api_key,
-            base_addresses=base_addresses,
+            api_base=api_base,
+            timeout_seconds=timeout_seconds,
             max_network_retries=max_network_retries,
-            http_client=stripe_http_client(timeout_seconds, pool_size),
+            rate_limit_retries=rate_limit_retries,
+            rate_limit_backoff_seconds=rate_limit_backoff_seconds,
+            sleep=sleep,
+            pool_size=pool_size,
+            meter_event_rate=meter_event_rate,
         )
-        self._rate_limit_retries = rate_limit_retries
-        self._rate_limit_backoff = rate_limit_backoff_seconds
-        self._sleep = sleep
+        self._client = self._calls.client
+        self._call = self._calls.call
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._cache_lock = threading.Lock()
-        # One pace for every thread of the process (module docstring of rate_limiter).
-        self.meter_event_limiter = AdaptiveRateLimiter(meter_event_rate, sleep=sleep)
         self._stream = (
-            MeterEventStream(self, linger_seconds=stream_linger_seconds)
+            MeterEventStream(
+                self._calls, linger_seconds=stream_linger_seconds, on_request=on_stream_request
+            )
             if meter_event_api == "v2"
             else None
         )
-        self._on_stream_request = on_stream_request
-        self._session_lock = threading.Lock()
-        self._session: tuple[str, float] | None = None  # (token, expires at, unix seconds)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -234,7 +208,7 @@ class StripeGateway:
         With METER_EVENT_API=v2 the event joins the process's stream batch and this call
         returns once the request carrying it (≤ 100 events) was accepted."""
         if self._stream is not None:
-            return self._stream.send(
+            self._stream.send(
                 {
                     "event_name": event_name,
                     "payload": payload,
@@ -244,6 +218,7 @@ class StripeGateway:
                     .replace("+00:00", "Z"),
                 }
             )
+            return MeterEventReceipt(request_id=None)
         params: Any = {
             "event_name": event_name,
             "payload": payload,
@@ -283,127 +258,6 @@ class StripeGateway:
             self._cache[(kind, key)] = value
         return value
 
-    def stream_meter_events(self, events: list[dict[str, Any]]) -> None:
-        """One v2 meter_event_stream request (≤ 100 events) on the meter_events host,
-        authenticated by the cached session token; Stripe validates the events later.
-
-        Each request has a key of its own (never one whose saved answer is a failure), told
-        to `on_stream_request` first: Stripe's error reports name only that key."""
-        key = f"{STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
-        if self._on_stream_request is not None:
-            self._on_stream_request(key, [str(e["identifier"]) for e in events])
-        params: Any = {"events": events}
-        for renewed in (False, True):
-            token = self._session_token(renew=renewed)
-            try:
-                self._call(
-                    lambda token=token: self._client.v2.billing.meter_event_stream.create(  # type: ignore[misc]
-                        params, {"api_key": token, "idempotency_key": key}
-                    ),
-                    limited=True,
-                )
-                return
-            except PermanentError as error:
-                # stripe-python raises TemporarySessionExpiredError for v2's
-                # temporary_session_expired, AuthenticationError for a revoked token.
-                expired = (stripe.AuthenticationError, stripe.TemporarySessionExpiredError)
-                if renewed or not isinstance(error.__cause__, expired):
-                    raise
-                # The session expired early (or was revoked): one retry with a new token.
-
-    def _session_token(self, *, renew: bool = False) -> str:
-        """A meter event session token, valid 15 minutes: reused until a minute before."""
-        with self._session_lock:
-            now = time.time()
-            if renew or self._session is None or self._session[1] - 60 <= now:
-                session = self._call(self._client.v2.billing.meter_event_session.create)
-                expires = datetime.fromisoformat(str(session.expires_at)).timestamp()
-                self._session = (session.authentication_token, expires)
-            return self._session[0]
-
-    def _call(self, request: Callable[[], T], *, limited: bool = False) -> T:
-        """Run one SDK call; 429s are retried here (the SDK does not). `limited` calls are
-        meter-event writes: they wait for the limiter's slot, and a 429 slows it down."""
-        limiter = self.meter_event_limiter if limited else None
-        attempt = 0
-        while True:
-            if limiter is not None:
-                limiter.acquire()
-            try:
-                answer = request()
-            except stripe.RateLimitError as error:
-                if limiter is not None:
-                    limiter.on_rate_limited()
-                if attempt >= self._rate_limit_retries:
-                    raise TransientError(
-                        f"Stripe rate limit (429) after {attempt + 1} attempts"
-                    ) from error
-                if limiter is None:
-                    # Full jitter keeps many concurrent workers from retrying in lock step.
-                    self._sleep(random.uniform(0, self._rate_limit_backoff * 2**attempt))
-                attempt += 1
-                continue
-            except stripe.StripeError as error:
-                raise classify(error) from error
-            if limiter is not None:
-                limiter.on_success()
-            return answer
-
-
-@dataclass(eq=False)  # identity: two equal events are still two reports
-class _Pending:
-    event: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    error: Exception | None = None
-
-
-class MeterEventStream:
-    """Gathers the meter events of concurrent threads into v2 stream requests of ≤ 100.
-
-    Each report's thread hands its event in and waits: the request leaves when 100 events
-    are waiting, or when the oldest has waited `linger_seconds` (so a lone report is not
-    held back). Every event of a request shares its outcome — accepted, or the request's
-    error — so each thread still moves its own ledger report to `sent` or `failed`.
-    """
-
-    def __init__(
-        self, gateway: StripeGateway, *, linger_seconds: float = 0.05, max_events: int = 100
-    ):
-        self._gateway = gateway
-        self._linger = linger_seconds
-        self._max = max_events
-        self._lock = threading.Lock()
-        self._pending: list[_Pending] = []
-
-    def send(self, event: dict[str, Any]) -> MeterEventReceipt:
-        item = _Pending(event)
-        with self._lock:
-            self._pending.append(item)
-            chunk = self._take() if len(self._pending) >= self._max else None
-        if chunk is None and not item.done.wait(self._linger):
-            with self._lock:
-                chunk = self._take() if item in self._pending else None
-        if chunk is not None:
-            self._flush(chunk)
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
-        return MeterEventReceipt(request_id=None)
-
-    def _take(self) -> list[_Pending]:
-        chunk, self._pending = self._pending[: self._max], self._pending[self._max :]
-        return chunk
-
-    def _flush(self, chunk: list[_Pending]) -> None:
-        error: Exception | None = None
-        try:
-            self._gateway.stream_meter_events([item.event for item in chunk])
-        except Exception as failure:  # every event of the request shares its fate
-            error = failure
-        for item in chunk:
-            item.error = error
-            item.done.set()
-
 
 ATTEMPT_SEPARATOR = ":a"
 
@@ -417,33 +271,3 @@ def identifier_of_request_key(key: str) -> str:
     """The report identifier behind a meter event request's idempotency key."""
     identifier, separator, attempt = key.rpartition(ATTEMPT_SEPARATOR)
     return identifier if separator and attempt.isdigit() else key
-
-
-class StripeDuplicate(AlreadyDelivered):
-    """AlreadyDelivered carrying Stripe's request id."""
-
-    def __init__(self, message: str, request_id: str | None):
-        super().__init__(message)
-        self.request_id = request_id
-
-
-class IdempotencyKeyReused(PermanentError):
-    """The idempotency key was used before with different parameters."""
-
-
-def classify(error: stripe.StripeError) -> Exception:
-    """Map an SDK error to meterbridge's failure classes (retries already spent by the SDK)."""
-    status = error.http_status
-    detail = f"Stripe {type(error).__name__} ({status}): {error.user_message or error}"
-    if isinstance(error, stripe.InvalidRequestError) and _is_duplicate_identifier(error):
-        return StripeDuplicate(detail, error.request_id)
-    if isinstance(error, stripe.IdempotencyError) and status == 400:
-        return IdempotencyKeyReused(detail)
-    if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError):
-        return TransientError(detail)
-    if status is not None and (status >= 500 or status in {409, 429}):
-        return TransientError(detail)
-    if status == 404:
-        return UnknownStripeObject(detail)
-    # 400 validation, 401 bad key, 403 permissions: retrying as-is cannot help.
-    return PermanentError(detail)

@@ -9,7 +9,8 @@ types with sample errors; each sample names the failing request's idempotency ke
   it carried (the ledger recorded them) is `suspect` until a confirmation check proves it.
 """
 
-from meterbridge.adapters.stripe_gateway import STREAM_KEY_PREFIX, identifier_of_request_key
+from meterbridge.adapters.meter_event_stream import STREAM_KEY_PREFIX
+from meterbridge.adapters.stripe_gateway import identifier_of_request_key
 from meterbridge.observability import count, logger
 from meterbridge.worker.ports import RejectionLedger, Stripe
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import boto3
 
-from meterbridge.adapters.stripe_gateway import UnknownStripeObject
+from meterbridge.adapters.stripe_calls import UnknownStripeObject
 from meterbridge.domain.continuous import true_up_value
 from meterbridge.domain.guard import sent_usage
 from meterbridge.domain.invoices import Invoice
