@@ -68,6 +68,8 @@ class StripeGateway:
         )
         self._client = self._calls.client
         self._call = self._calls.call
+        # One pace for every thread of the process (module docstring of rate_limiter).
+        self.meter_event_limiter = self._calls.meter_event_limiter
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._cache_lock = threading.Lock()
         self._stream = (
