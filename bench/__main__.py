@@ -15,6 +15,7 @@ BENCHMARKS = {
     "scenarios": "bench.scenario_table",
     "cli": "bench.cli_startup",
     "continuous": "bench.continuous",
+    "tests": "bench.test_suite",
 }
 ALIASES = {
     "worker_throughput": "worker",
@@ -22,6 +23,7 @@ ALIASES = {
     "month_start_storm": "storm",
     "scenario_table": "scenarios",
     "cli_startup": "cli",
+    "test_suite": "tests",
 }
 
 
