@@ -67,6 +67,24 @@ TARGET = 100_000
 _PERIODS: dict[str, tuple[int, int]] = {}  # customer → the hours that have usage
 
 
+def _metered_price(client: stripe.StripeClient, event_name: str) -> Any:
+    """A sum meter on `event_name` and a monthly metered price of $0.005 a unit on it."""
+    meter = client.v1.billing.meters.create(
+        {
+            "display_name": event_name,
+            "event_name": event_name,
+            "default_aggregation": {"formula": "sum"},
+        }
+    )
+    price: Any = {
+        "currency": "usd",
+        "unit_amount_decimal": "0.5",
+        "product_data": {"name": event_name},
+        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+    }
+    return client.v1.prices.create(price)
+
+
 def usage(query: UsageQuery) -> str:
     """`USAGE_SOURCE=python://bench.continuous:usage`: 1 per hour inside the customer's
     usage span, counted over [start, end)."""
@@ -237,16 +255,7 @@ def _month(cadence: str, ledger_table: str) -> Month:
         client = stripe.StripeClient(
             API_KEY, base_addresses={"api": emulator.url, "meter_events": emulator.url}
         )
-        meter = client.v1.billing.meters.create(
-            {"display_name": "b", "event_name": "calls", "default_aggregation": {"formula": "sum"}}
-        )
-        price_params: Any = {
-            "currency": "usd",
-            "unit_amount_decimal": "0.5",
-            "product_data": {"name": "b"},
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        }
-        price = client.v1.prices.create(price_params)
+        price = _metered_price(client, "calls")
         start = int(time.time()) - 32 * DAY
         start -= start % HOUR
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
@@ -356,16 +365,7 @@ def _sweep(ledger_table: str) -> Sweep:
             base_addresses={"api": emulator.url, "meter_events": emulator.url},
             max_network_retries=3,
         )
-        meter = client.v1.billing.meters.create(
-            {"display_name": "s", "event_name": "sweep", "default_aggregation": {"formula": "sum"}}
-        )
-        price: Any = {
-            "currency": "usd",
-            "unit_amount_decimal": "0.5",
-            "product_data": {"name": "s"},
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        }
-        price = client.v1.prices.create(price)
+        price = _metered_price(client, "sweep")
         start = int(time.time()) - 10 * DAY
         start -= start % HOUR
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
@@ -475,16 +475,8 @@ def _storm(label: str, cadence: str, sweep_reports: int, ledger_table: str) -> S
         client = stripe.StripeClient(
             API_KEY, base_addresses={"api": emulator.url, "meter_events": emulator.url}
         )
-        meter = client.v1.billing.meters.create(
-            {"display_name": "t", "event_name": "storm", "default_aggregation": {"formula": "sum"}}
-        )
-        price: Any = {
-            "currency": "usd",
-            "unit_amount_decimal": "0.5",
-            "product_data": {"name": "t"},
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        }
-        price = client.v1.prices.create(price)
+        price = _metered_price(client, "storm")
+        meter_id = str(price.recurring.meter)
         now = int(time.time())
         period = ServicePeriod(start=now - 30 * DAY, end=now - 60)
         tag = uuid.uuid4().hex[:6]
@@ -492,7 +484,7 @@ def _storm(label: str, cadence: str, sweep_reports: int, ledger_table: str) -> S
         for customer in customers:
             _PERIODS[customer] = (period.start, period.end)
         ledger = DynamoDbLedger(ledger_table, boto3.client("dynamodb"))
-        bench_meter = Meter(id=meter.id, event_name="storm")
+        bench_meter = Meter(id=meter_id, event_name="storm")
         if sweep_reports:
             _seed_sweeps(ledger, customers, bench_meter, period, sweep_reports)
         counter = Counter()
@@ -515,7 +507,7 @@ def _storm(label: str, cadence: str, sweep_reports: int, ledger_table: str) -> S
             build_pipeline(settings, connect(settings, dynamodb=dynamodb))
         )
         worker.pipeline.stripe.price(price.id)
-        worker.pipeline.stripe.meter(meter.id)
+        worker.pipeline.stripe.meter(meter_id)
         records = [_renewal(customer, price.id, period) for customer in customers]
         started = time.perf_counter()
         retried = 0
