@@ -49,6 +49,9 @@ def _run(label: str, cwd: Path, extra: list[str], environment: dict[str, str]) -
     )
     counts = re.sub(r"=+|\s+in [0-9.]+s.*", "", summary).strip()
     print(f"{elapsed:.1f} s ({counts})", flush=True)
+    for line in result.stdout.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            print(f"     {line}", flush=True)
     return elapsed, counts
 
 
@@ -85,6 +88,8 @@ def run() -> None:
     ]
     serial, parallel = list(medians.values())[1:]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    then_tests = _tests(counts[f"before ({BASELINE}), one process"])
+    now_tests = _tests(counts["now, as `make test` runs it (xdist)"])
     body = f"""## Test suite
 
 Measured {stamp} with `.venv/bin/python -m bench tests` (`BENCH_TESTS_RUNS={ROUNDS}`
@@ -92,13 +97,12 @@ rounds, the three commands alternating) on {machine_info("pytest", "pytest-xdist
 
 {chr(10).join(rows)}
 
-The same tests, one process against `make test`'s xdist: {serial:.0f} s → {parallel:.0f} s
+The same tests in one process and as `make test` runs them: {serial:.0f} s → {parallel:.0f} s
 ({1 - parallel / serial:.0%} less wall time). Against the baseline commit the suites differ:
-today's holds the billing-scenario matrix, the contract and fake-backed unit tests and the
-continuous-reporting tests added since; the per-test figures are
-{before / max(1, _tests(counts[f"before ({BASELINE}), one process"])):.2f} s before and
-{parallel / max(1, _tests(counts["now, as `make test` runs it (xdist)"])):.2f} s now.
-Excluded: the ruff and mypy steps of `make test` (the same few seconds for both trees).
+today's adds the billing-scenario matrix, the contract, fuzz and fault tests, the fake-backed
+unit tests and continuous reporting's; per test, {before / max(1, then_tests):.2f} s before
+and {parallel / max(1, now_tests):.2f} s now. Left out: the ruff and mypy steps of
+`make test` (the same few seconds for both trees).
 """
     write_section("tests", body)
     print(body)
