@@ -175,6 +175,14 @@ class DynamoDbTable:
             lambda: self._client.update_item(**request), conditional=condition is not None
         )
 
+    def _write_if(self, key: dict[str, str], update: Update, condition: str) -> bool:
+        """The update, if `condition` holds: whether it was applied."""
+        try:
+            self._write(key, update, condition)
+        except ConditionFailed:
+            return False
+        return True
+
     def _query(
         self, index: str, key: str, value: str, sort_at_least: tuple[str, str] | None = None
     ) -> Iterator[dict[str, Any]]:

@@ -187,10 +187,7 @@ class ReportItems(DynamoDbTable):
     def note_also_billed(self, identifier: str, invoice_id: str, now: int) -> None:
         """Another invoice's lines bill this report's usage too (a shared meter)."""
         update = Update().add_to_set("also_billed_on", [invoice_id]).set("updated_at", iso(now))
-        try:
-            self._write(_report_key(identifier), update, "attribute_exists(pk)")
-        except ConditionFailed:
-            return
+        self._write_if(_report_key(identifier), update, "attribute_exists(pk)")
 
     def record_value(self, claim: Claim, value: Decimal, timestamp: int, now: int) -> None:
         """Write down what is about to be sent, and when sending began, before sending it."""
@@ -291,11 +288,7 @@ class ReportItems(DynamoDbTable):
             f"attribute_exists(pk) AND (attribute_not_exists({status})"
             f" OR {status} <> {update.value(ConfirmationStatus.CONFIRMED.value)})"
         )
-        try:
-            self._write(_report_key(identifier), update, condition)
-        except ConditionFailed:
-            return False
-        return True
+        return self._write_if(_report_key(identifier), update, condition)
 
     def record_stream_request(self, key: str, identifiers: list[str], now: int) -> None:
         """Which reports one v2 stream request carried (its idempotency key → identifiers)."""
@@ -321,11 +314,7 @@ class ReportItems(DynamoDbTable):
         update.set("failure_class", FailureClass.REJECTED.value).set("stripe_error_code", code)
         update.set("stripe_error_event_id", event_id).set("last_error", message[:1000])
         update.set("updated_at", iso(now)).remove("lease_expires_at")
-        try:
-            self._write(_report_key(identifier), update, "attribute_exists(pk)")
-        except ConditionFailed:
-            return False
-        return True
+        return self._write_if(_report_key(identifier), update, "attribute_exists(pk)")
 
 
 class DynamoDbLedger(ReportItems):
@@ -385,11 +374,7 @@ class DynamoDbLedger(ReportItems):
         condition = (
             f"attribute_not_exists({update.name('hold_status')}) OR #hold_status IN ({held})"
         )
-        try:
-            self._write(_invoice_key(invoice_id), update, condition)
-        except ConditionFailed:
-            return False
-        return True
+        return self._write_if(_invoice_key(invoice_id), update, condition)
 
     def invoice_reports(self, invoice_id: str) -> list[ReportRecord]:
         return self.invoice_view(invoice_id).reports
