@@ -87,7 +87,7 @@ def _worker(emulator: StripeEmulator, table: str, queue_url: str, mode: str) -> 
             "STRIPE_MAX_NETWORK_RETRIES": "2",
             "LEDGER_TABLE": table,
             "QUEUE_URL": queue_url,
-            "USAGE_SOURCE": "python://unused:unused",
+            "USAGE_SOURCE": "python://bench.stand_ins:replaced_usage_source",
             "RETRY_BACKOFF_BASE_SECONDS": "1",
             "INVOICE_GUARD": mode,
             "CONFIRM_DELAY_SECONDS": "1",

@@ -93,7 +93,7 @@ def _containers(world: Any, queue_url: str) -> "queue.Queue[Worker]":
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": world.emulator.url,
                 "LEDGER_TABLE": LEDGER,
-                "USAGE_SOURCE": "python://unused:unused",
+                "USAGE_SOURCE": "python://bench.stand_ins:replaced_usage_source",
                 "BATCH_CONCURRENCY": str(BATCH_CONCURRENCY),
                 "QUEUE_URL": queue_url,
                 "INVOICE_GUARD": "off",

@@ -134,3 +134,9 @@ def bench_worker(environ: dict[str, str], usage_source: Any) -> "Worker":
     settings = worker_settings(environ)
     dependencies = dataclasses.replace(connect(settings), usage_source=usage_source)
     return Worker.from_pipeline(build_pipeline(settings, dependencies))
+
+
+def replaced_usage_source(query: Any) -> Any:
+    """USAGE_SOURCE of the benchmarks' settings (`python://bench.stand_ins:replaced_usage_source`):
+    the composition root resolves it, then bench_worker puts the benchmark's own source in."""
+    raise AssertionError(f"bench_worker replaces this usage source (asked for {query})")

@@ -223,7 +223,7 @@ def _worker(world: World, concurrency: int, ledger: Ledger, **env: str) -> Any:
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": world.emulator.url,
                 "LEDGER_TABLE": LEDGER,
-                "USAGE_SOURCE": "python://unused:unused",
+                "USAGE_SOURCE": "python://bench.stand_ins:replaced_usage_source",
                 "BATCH_CONCURRENCY": str(concurrency),
                 "INVOICE_GUARD": "off",
                 **env,
