@@ -11,6 +11,7 @@ warm Lambda. Written into docs/benchmarks.md between the bench:worker markers.
 """
 
 import collections
+import itertools
 import json
 import os
 import statistics
@@ -65,13 +66,21 @@ class _Context:
     aws_request_id = "bench"
 
 
+_PERIOD_SHIFTS = itertools.count()
+
+
 def _records(customers: list[str], price: str, count: int) -> dict[str, Any]:
     """`count` invoice.created records, each for its own renewal draft, round-robin over
     `customers`. The invoice travels whole in the event and has one line (has_more=false),
-    so the worker needs no invoice fetch: nothing is seeded into the emulator."""
+    so the worker needs no invoice fetch: nothing is seeded into the emulator.
+
+    Each draft bills a service period of its own (ending a second earlier than the one
+    before, across calls too): meterbridge reports a customer's meter once per period, so
+    two drafts with the same customer and period would be one report (a shared meter)."""
     now = int(time.time())
     records = []
     for index in range(count):
+        shift = next(_PERIOD_SHIFTS)
         subscription = f"sub_{uuid.uuid4().hex[:14]}"
         invoice = {
             "id": f"in_{uuid.uuid4().hex[:14]}",
@@ -90,7 +99,7 @@ def _records(customers: list[str], price: str, count: int) -> dict[str, Any]:
                     {
                         "id": f"il_{uuid.uuid4().hex[:14]}",
                         "object": "line_item",
-                        "period": {"start": now - 30 * 86400, "end": now - 60},
+                        "period": {"start": now - 30 * 86400 - shift, "end": now - 60 - shift},
                         "parent": {
                             "subscription_item_details": {
                                 "subscription": subscription,
