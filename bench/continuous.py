@@ -36,6 +36,7 @@ import stripe
 from bench.emulator_process import EmulatorProcess
 from bench.report import machine_info, write_section
 from bench.stand_ins import MotoProcess
+from bench.worker_throughput import renewal_record
 from meterbridge.adapters.ledger import DynamoDbLedger
 from meterbridge.adapters.queue import SqsQueue
 from meterbridge.adapters.usage_sources import UsageQuery
@@ -564,53 +565,7 @@ def _seed_sweeps(
 
 
 def _renewal(customer: str, price: str, period: ServicePeriod) -> dict[str, Any]:
-    now = int(time.time())
-    subscription = f"sub_{uuid.uuid4().hex[:14]}"
-    invoice = {
-        "id": f"in_{uuid.uuid4().hex[:14]}",
-        "object": "invoice",
-        "customer": customer,
-        "status": "draft",
-        "billing_reason": "subscription_cycle",
-        "created": now,
-        "livemode": False,
-        "automatically_finalizes_at": now + HOUR,
-        "parent": {"subscription_details": {"subscription": subscription}},
-        "lines": {
-            "object": "list",
-            "has_more": False,
-            "data": [
-                {
-                    "id": f"il_{uuid.uuid4().hex[:14]}",
-                    "object": "line_item",
-                    "period": {"start": period.start, "end": period.end},
-                    "parent": {
-                        "subscription_item_details": {
-                            "subscription": subscription,
-                            "subscription_item": f"si_{uuid.uuid4().hex[:14]}",
-                        }
-                    },
-                    "pricing": {"price_details": {"price": price}},
-                }
-            ],
-        },
-    }
-    event = {
-        "id": f"evt_{uuid.uuid4().hex[:24]}",
-        "object": "event",
-        "type": "invoice.created",
-        "created": now,
-        "livemode": False,
-        "data": {"object": invoice},
-    }
-    return {
-        "messageId": str(uuid.uuid4()),
-        "receiptHandle": "bench",
-        "body": json.dumps(event),
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {"body_kind": {"stringValue": "event", "dataType": "String"}},
-        "eventSource": "aws:sqs",
-    }
+    return renewal_record(customer, price, period.start, period.end)
 
 
 # --- the report ---------------------------------------------------------------------------

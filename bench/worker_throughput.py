@@ -69,10 +69,62 @@ class _Context:
 _PERIOD_SHIFTS = itertools.count()
 
 
+def renewal_record(customer: str, price: str, start: int, end: int) -> dict[str, Any]:
+    """An SQS record carrying the invoice.created of one renewal draft for `customer`, with
+    one metered line on `price` for the service period [start, end). The invoice travels
+    whole in the event and has one line (has_more=false), so the worker needs no invoice
+    fetch: nothing is seeded into the emulator."""
+    now = int(time.time())
+    subscription = f"sub_{uuid.uuid4().hex[:14]}"
+    invoice = {
+        "id": f"in_{uuid.uuid4().hex[:14]}",
+        "object": "invoice",
+        "customer": customer,
+        "status": "draft",
+        "billing_reason": "subscription_cycle",
+        "created": now,
+        "livemode": False,
+        "automatically_finalizes_at": now + 3600,
+        "parent": {"subscription_details": {"subscription": subscription}},
+        "lines": {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {
+                    "id": f"il_{uuid.uuid4().hex[:14]}",
+                    "object": "line_item",
+                    "period": {"start": start, "end": end},
+                    "parent": {
+                        "subscription_item_details": {
+                            "subscription": subscription,
+                            "subscription_item": f"si_{uuid.uuid4().hex[:14]}",
+                        }
+                    },
+                    "pricing": {"price_details": {"price": price}},
+                }
+            ],
+        },
+    }
+    event = {
+        "id": f"evt_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "type": "invoice.created",
+        "created": now,
+        "livemode": False,
+        "data": {"object": invoice},
+    }
+    return {
+        "messageId": str(uuid.uuid4()),
+        "receiptHandle": "bench",
+        "body": json.dumps(event),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {"body_kind": {"stringValue": "event", "dataType": "String"}},
+        "eventSource": "aws:sqs",
+    }
+
+
 def _records(customers: list[str], price: str, count: int) -> dict[str, Any]:
-    """`count` invoice.created records, each for its own renewal draft, round-robin over
-    `customers`. The invoice travels whole in the event and has one line (has_more=false),
-    so the worker needs no invoice fetch: nothing is seeded into the emulator.
+    """`count` renewal records (renewal_record), round-robin over `customers`.
 
     Each draft bills a service period of its own (ending a second earlier than the one
     before, across calls too): meterbridge reports a customer's meter once per period, so
@@ -81,54 +133,8 @@ def _records(customers: list[str], price: str, count: int) -> dict[str, Any]:
     records = []
     for index in range(count):
         shift = next(_PERIOD_SHIFTS)
-        subscription = f"sub_{uuid.uuid4().hex[:14]}"
-        invoice = {
-            "id": f"in_{uuid.uuid4().hex[:14]}",
-            "object": "invoice",
-            "customer": customers[index % len(customers)],
-            "status": "draft",
-            "billing_reason": "subscription_cycle",
-            "created": now,
-            "livemode": False,
-            "automatically_finalizes_at": now + 3600,
-            "parent": {"subscription_details": {"subscription": subscription}},
-            "lines": {
-                "object": "list",
-                "has_more": False,
-                "data": [
-                    {
-                        "id": f"il_{uuid.uuid4().hex[:14]}",
-                        "object": "line_item",
-                        "period": {"start": now - 30 * 86400 - shift, "end": now - 60 - shift},
-                        "parent": {
-                            "subscription_item_details": {
-                                "subscription": subscription,
-                                "subscription_item": f"si_{uuid.uuid4().hex[:14]}",
-                            }
-                        },
-                        "pricing": {"price_details": {"price": price}},
-                    }
-                ],
-            },
-        }
-        event = {
-            "id": f"evt_{uuid.uuid4().hex[:24]}",
-            "object": "event",
-            "type": "invoice.created",
-            "created": now,
-            "livemode": False,
-            "data": {"object": invoice},
-        }
-        records.append(
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": "bench",
-                "body": json.dumps(event),
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {"body_kind": {"stringValue": "event", "dataType": "String"}},
-                "eventSource": "aws:sqs",
-            }
-        )
+        customer = customers[index % len(customers)]
+        records.append(renewal_record(customer, price, now - 30 * 86400 - shift, now - 60 - shift))
     return {"Records": records}
 
 
