@@ -68,6 +68,21 @@ TARGET = 100_000
 _PERIODS: dict[str, tuple[int, int]] = {}  # customer → the hours that have usage
 
 
+def _environ(api_base: str, ledger_table: str, queue_url: str, **extra: str) -> dict[str, str]:
+    """The worker's environment in these runs: local AWS, the emulator, sweeps settling 0 min."""
+    return {
+        **LOCAL_AWS_ENVIRONMENT,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": api_base,
+        "LEDGER_TABLE": ledger_table,
+        "QUEUE_URL": queue_url,
+        "USAGE_SOURCE": "python://bench.continuous:usage",
+        "INVOICE_GUARD": "off",
+        "SWEEP_SETTLE_MINUTES": "0",
+        **extra,
+    }
+
+
 def _metered_price(client: stripe.StripeClient, event_name: str) -> Any:
     """A sum meter on `event_name` and a monthly metered price of $0.005 a unit on it."""
     meter = client.v1.billing.meters.create(
@@ -270,17 +285,7 @@ def _month(cadence: str, ledger_table: str) -> Month:
             _PERIODS[customer] = (start, end)
             customers.append(customer)
         counter = Counter()
-        environ = {
-            **LOCAL_AWS_ENVIRONMENT,
-            "STRIPE_API_KEY": API_KEY,
-            "STRIPE_API_BASE": emulator.url,
-            "LEDGER_TABLE": ledger_table,
-            "QUEUE_URL": queue_url,
-            "USAGE_SOURCE": "python://bench.continuous:usage",
-            "INVOICE_GUARD": "off",
-            "CONTINUOUS_REPORTING": "off" if cadence == "off" else cadence,
-            "SWEEP_SETTLE_MINUTES": "0",
-        }
+        environ = _environ(emulator.url, ledger_table, queue_url, CONTINUOUS_REPORTING=cadence)
         worker = counted_worker(environ, counter)
         step = {"hourly": HOUR, "daily": DAY}.get(cadence)
         moments = list(range(start + step, end + 1, step)) if step else []
@@ -380,21 +385,16 @@ def _sweep(ledger_table: str) -> Sweep:
             list(pool.map(subscribe, range(SWEEP_CUSTOMERS)))
         _advance(client, clock.id, start + 5 * DAY)
         rate = SHARE * LIMIT / CONTAINERS
-        environ = {
-            **LOCAL_AWS_ENVIRONMENT,
-            "STRIPE_API_KEY": API_KEY,
-            "STRIPE_API_BASE": emulator.url,
-            "LEDGER_TABLE": ledger_table,
-            "QUEUE_URL": queue_url,
-            "USAGE_SOURCE": "python://bench.continuous:usage",
-            "INVOICE_GUARD": "off",
-            "CONTINUOUS_REPORTING": "hourly",
-            "SWEEP_SETTLE_MINUTES": "0",
-            "SWEEP_METER_EVENT_RATE": str(rate),
-            "STRIPE_MAX_NETWORK_RETRIES": "0",
-            "RETRY_BACKOFF_BASE_SECONDS": "1",
-            "RETRY_BACKOFF_MAX_SECONDS": "2",
-        }
+        environ = _environ(
+            emulator.url,
+            ledger_table,
+            queue_url,
+            CONTINUOUS_REPORTING="hourly",
+            SWEEP_METER_EVENT_RATE=str(rate),
+            STRIPE_MAX_NETWORK_RETRIES="0",
+            RETRY_BACKOFF_BASE_SECONDS="1",
+            RETRY_BACKOFF_MAX_SECONDS="2",
+        )
         containers: list[Worker] = [counted_worker(environ, Counter()) for _ in range(CONTAINERS)]
         free = list(containers)
         lock = threading.Lock()
