@@ -8,12 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import stripe
@@ -32,14 +33,32 @@ def _environment(**extra: str) -> dict[str, str]:
     return {**environment, **extra}
 
 
+# Each process's stderr, in a file (a pipe nobody reads would fill up and block it): read
+# only when a stop times out, with the threads' tracebacks faulthandler writes there.
+_STDERR: dict[int, IO[str]] = {}
+
+
 def _local(*args: str, environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "meterbridge_local.cli", "local", "--port", "0", *args],
+    stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by _stop)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "meterbridge_local.cli",
+            "local",
+            "--port",
+            "0",
+            *args,
+        ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # a pipe nobody reads would fill up and block it
+        stderr=stderr,
         env=environment or _environment(),
         text=True,
     )
+    _STDERR[process.pid] = stderr
+    return process
 
 
 def _read_until(process: subprocess.Popen[str], last: str) -> list[str]:
@@ -57,12 +76,23 @@ def _read_until(process: subprocess.Popen[str], last: str) -> list[str]:
 
 def _stop(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGINT)
+    stderr = _STDERR.pop(process.pid)
     try:
-        assert process.wait(timeout=30) == 0
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired as late:
+            process.send_signal(signal.SIGABRT)  # faulthandler: every thread's traceback
+            process.wait(timeout=10)
+            stderr.seek(0)
+            raise AssertionError(
+                f"no exit 30 s after Ctrl-C; its threads:\n{stderr.read()[-6000:]}"
+            ) from late
+        assert code == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        stderr.close()
 
 
 def _labelled(lines: list[str]) -> dict[str, str]:
